@@ -1,0 +1,100 @@
+"""JWT verification (PyJWT) for the gateway, and dev-token issuing.
+
+Dev mode: HS256 with ``CHAT_JWT_SECRET``. Production: RS256/ES256 keys from a JWKS URL
+(PyJWT's PyJWKClient, keys cached, refresh on unknown ``kid`` throttled, behind a
+breaker). The algorithm list is fixed by configuration; ``alg: none`` never passes.
+``sub``, ``exp``, ``iat``, ``aud`` and ``iss`` are required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from libs.errors import Unauthorized, Unavailable
+from libs.resilience.breaker import CircuitBreaker
+
+SUB_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+REQUIRED_CLAIMS = ["sub", "exp", "iat", "aud", "iss"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    name: str
+    expires_at: float
+
+
+def issue_dev_token(secret: str, *, sub: str, name: str, audience: str, issuer: str,
+                    ttl_s: int = 24 * 3600, now: float | None = None) -> str:
+    if not SUB_RE.match(sub):
+        raise ValueError("sub must be 1-64 chars of [A-Za-z0-9_.-]")
+    t = int(now if now is not None else time.time())
+    claims = {"sub": sub, "name": name or sub, "aud": audience, "iss": issuer,
+              "iat": t, "exp": t + ttl_s}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class TokenVerifier:
+    def __init__(self, *, audience: str, issuer: str, secret: str = "", jwks_url: str = "",
+                 dev_mode: bool = False, breaker: CircuitBreaker | None = None,
+                 leeway_s: int = 30) -> None:
+        self.audience = audience
+        self.issuer = issuer
+        self.secret = secret
+        self.leeway_s = leeway_s
+        self.breaker = breaker
+        self._jwks: jwt.PyJWKClient | None = None
+        if jwks_url:
+            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=3600, timeout=3)
+            self.algorithms = ["RS256", "ES256"]
+        elif dev_mode and secret:
+            self.algorithms = ["HS256"]
+        else:
+            raise ValueError("either CHAT_JWT_JWKS_URL or dev mode with CHAT_JWT_SECRET is required")
+        self._last_refresh = 0.0
+
+    async def verify(self, token: Any) -> Identity:
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise Unauthorized("missing or malformed token")
+        try:
+            if self._jwks is not None:
+                key: Any = await self._signing_key(token)
+            else:
+                key = self.secret
+            claims = jwt.decode(
+                token, key, algorithms=self.algorithms, audience=self.audience, issuer=self.issuer,
+                leeway=self.leeway_s, options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not SUB_RE.match(sub):
+            raise Unauthorized("invalid subject")
+        name = claims.get("name")
+        if not isinstance(name, str) or not name.strip():
+            name = sub
+        return Identity(user_id=sub, name=name.strip()[:64], expires_at=float(claims["exp"]))
+
+    async def _signing_key(self, token: str) -> Any:
+        assert self._jwks is not None
+        jwks = self._jwks
+
+        async def fetch() -> Any:
+            return await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
+
+        try:
+            if self.breaker is not None:
+                return (await self.breaker.call(fetch)).key
+            return (await fetch()).key
+        except jwt.PyJWKClientConnectionError:
+            raise Unavailable("identity provider unavailable") from None
+        except jwt.PyJWKClientError as exc:
+            raise Unauthorized(f"unknown signing key: {exc}") from None

@@ -1,0 +1,182 @@
+"""Typed bus messages (msgspec). Every request and reply on NATS is one of these.
+
+Payload objects the client sees (Message, Channel, Guild) are the same structs, so a
+reply travels gateway-ward and out to the socket without being reshaped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Struct(msgspec.Struct, kw_only=True, omit_defaults=False):
+    pass
+
+
+class UserRef(Struct):
+    id: str
+    name: str
+
+
+class Attachment(Struct):
+    filename: str
+    size: int
+    content_type: str
+    url: str
+
+
+class Embed(Struct):
+    title: str | None = None
+    description: str | None = None
+    url: str | None = None
+
+
+class Message(Struct, kw_only=True):
+    id: str
+    channel_id: str
+    seq: int
+    author: UserRef
+    content: str
+    nonce: str | None
+    attachments: list[Attachment] = []
+    embeds: list[Embed] = []
+    mentions: list[str] = []
+    reply_to: str | None = None
+    created_at: str = ""
+    edited_at: str | None = None
+
+
+class GuildSummary(Struct):
+    id: str
+    name: str
+    role: str
+
+
+class Channel(Struct):
+    id: str
+    guild_id: str | None
+    name: str
+    kind: str
+    last_seq: int
+
+
+class Member(Struct):
+    user_id: str
+    name: str
+    role: str
+
+
+class Guild(Struct):
+    id: str
+    name: str
+    owner_id: str
+    channels: list[Channel] = []
+    members: list[Member] = []
+
+
+# -- envelopes ----------------------------------------------------------------------------
+class ErrorBody(Struct):
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+
+
+class Reply(Struct):
+    """Every reply on the bus: ``ok`` with ``data`` or an error with a contract code."""
+
+    ok: bool
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    error: ErrorBody | None = None
+
+
+class Empty(Struct):
+    pass
+
+
+class Pong(Struct):
+    service: str
+    node: str
+
+
+# -- messaging requests -----------------------------------------------------------------
+class ReadyRequest(Struct):
+    user: UserRef
+
+
+class ReadyReply(Struct):
+    user: UserRef
+    guilds: list[GuildSummary]
+    channels: list[Channel]
+
+
+class SendMessage(Struct):
+    user: UserRef
+    channel_id: str
+    content: str
+    nonce: str
+    attachments: list[Attachment] = []
+    embeds: list[Embed] = []
+    mentions: list[str] = []
+    reply_to: str | None = None
+
+
+class MessageReply(Struct):
+    message: Message
+    duplicate: bool = False
+
+
+class HistoryRequest(Struct):
+    user: UserRef
+    channel_id: str
+    before_seq: int | None = None
+    after_seq: int | None = None
+    limit: int = 50
+
+
+class HistoryReply(Struct):
+    messages: list[Message]
+
+
+class CreateGuild(Struct):
+    user: UserRef
+    name: str
+
+
+class GuildRequest(Struct):
+    user: UserRef
+    guild_id: str
+
+
+class InviteReply(Struct):
+    code: str
+
+
+class AcceptInvite(Struct):
+    user: UserRef
+    code: str
+
+
+class ChannelAccess(Struct):
+    user: UserRef
+    channel_id: str
+
+
+class ChannelReply(Struct):
+    channel: Channel
+
+
+def dumps(obj: Any) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+# -- gateway control (broadcast to every gateway node) -------------------------------------
+class GatewayControl(Struct):
+    """``join`` / ``leave``: make every local socket of ``user_ids`` enter or leave the
+    rooms of ``channel_ids``; ``disconnect``: disconnect those users' sockets."""
+
+    op: str
+    user_ids: list[str]
+    channel_ids: list[str] = []
+    reason: str | None = None

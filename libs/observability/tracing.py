@@ -1,0 +1,49 @@
+"""OpenTelemetry tracing: a tracer provider per process, OTLP export when configured,
+and W3C ``traceparent`` propagation through NATS headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(service: str, node: str, otlp_endpoint: str = "",
+                  exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install the process's tracer provider. Spans are always created (ids appear in
+    logs); they are exported only when an endpoint or exporter is given."""
+    global _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.instance.id": node}))
+    if exporter is None and otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: dict[str, Any] | None) -> context.Context:
+    return propagate.extract(headers or {})

@@ -1,0 +1,164 @@
+"""Circuit breaker per dependency.
+
+closed --(N consecutive failures)--> open --(after open_s)--> half_open
+half_open --(close_after successes)--> closed;  half_open --(a failure)--> open.
+While open every call fails fast with :class:`Unavailable`. Every transition is counted
+and logged; :meth:`snapshot` feeds ``/status/circuit-breakers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, TypeVar
+
+from libs.errors import ChatError, Unavailable
+from libs.observability import metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        *,
+        failures: int = 5,
+        open_s: float = 60.0,
+        half_open_probes: int = 3,
+        close_after: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.failure_threshold = failures
+        self.open_s = open_s
+        self.half_open_probes = half_open_probes
+        self.close_after = close_after
+        self._clock = clock
+        self.state = "closed"
+        self.failures = 0
+        self.successes = 0
+        self.in_flight_probes = 0
+        self.opened_at = 0.0
+        self.last_change = time.time()
+        self.trips = 0
+        metrics.BREAKER_STATE.labels(name).set(0)
+        REGISTRY[name] = self
+
+    # -- state machine -------------------------------------------------------------
+    def _move(self, state: str) -> None:
+        if state == self.state:
+            return
+        log.warning("breaker %s: %s -> %s", self.name, self.state, state,
+                    extra={"breaker": self.name, "failures": self.failures})
+        metrics.BREAKER_TRANSITIONS.labels(self.name, state).inc()
+        metrics.BREAKER_STATE.labels(self.name).set(STATE_VALUE[state])
+        if state == "open":
+            self.trips += 1
+            metrics.BREAKER_TRIPS.labels(self.name).inc()
+            self.opened_at = self._clock()
+        self.state = state
+        self.last_change = time.time()
+        self.successes = 0
+        self.in_flight_probes = 0
+
+    def allow(self) -> bool:
+        """May a call go through now? (Reserves a probe slot when half-open.)"""
+        if self.state == "open" and self._clock() - self.opened_at >= self.open_s:
+            self._move("half_open")
+        if self.state == "closed":
+            return True
+        if self.state == "half_open" and self.in_flight_probes < self.half_open_probes:
+            self.in_flight_probes += 1
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.failures = 0
+        if self.state == "half_open":
+            self.in_flight_probes = max(0, self.in_flight_probes - 1)
+            self.successes += 1
+            if self.successes >= self.close_after:
+                self._move("closed")
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.state == "half_open":
+            self._move("open")
+        elif self.state == "closed" and self.failures >= self.failure_threshold:
+            self._move("open")
+
+    def half_open(self) -> None:
+        """Force half-open (admin recovery)."""
+        if self.state == "open":
+            self._move("half_open")
+
+    def retry_after_s(self) -> float:
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self.open_s - (self._clock() - self.opened_at))
+
+    # -- call helpers ----------------------------------------------------------------
+    @asynccontextmanager
+    async def guard(self, *, counts: Callable[[BaseException], bool] | None = None) -> AsyncIterator[None]:
+        """Run a block under the breaker. Errors the caller caused (ChatError other than
+        Unavailable) do not count as dependency failures."""
+        if not self.allow():
+            metrics.BREAKER_REJECTIONS.labels(self.name).inc()
+            raise Unavailable(f"{self.name} unavailable (circuit open)",
+                              retry_after_ms=int(self.retry_after_s() * 1000))
+        try:
+            yield
+        except BaseException as exc:
+            is_failure = counts(exc) if counts else _is_dependency_failure(exc)
+            if is_failure:
+                self.record_failure()
+            else:
+                self.record_success()
+            raise
+        else:
+            self.record_success()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        async with self.guard():
+            return await fn(*args, **kwargs)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "failures": self.failures,
+            "trips": self.trips,
+            "last_change": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_change)),
+            "retry_after_ms": int(self.retry_after_s() * 1000),
+        }
+
+
+def _is_dependency_failure(exc: BaseException) -> bool:
+    import asyncio
+
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    if isinstance(exc, ChatError):
+        return isinstance(exc, Unavailable)
+    return isinstance(exc, Exception)
+
+
+REGISTRY: dict[str, CircuitBreaker] = {}
+
+
+def snapshot_all() -> dict[str, dict[str, Any]]:
+    return {name: b.snapshot() for name, b in sorted(REGISTRY.items())}
+
+
+def half_open_all() -> list[str]:
+    touched = []
+    for b in REGISTRY.values():
+        if b.state == "open":
+            b.half_open()
+            touched.append(b.name)
+    return touched

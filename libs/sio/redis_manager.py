@@ -1,0 +1,339 @@
+"""A Socket.IO Redis adapter that survives Redis outages without silent loss.
+
+Subclass of python-socketio's ``AsyncRedisManager`` through its documented extension
+points (``_publish`` / ``_listen``), shared by the gateway and every service that emits:
+
+* publishing never blocks the caller: emits go into a bounded per-room
+  :class:`OutboundQueue` drained by one task in pipelined batches, behind a breaker,
+  with jittered backoff (1 s -> 30 s) while Redis is away;
+* the listener keeps an idle subscription alive (TCP keepalive, health checks, no read
+  timeout), closes the old connection on every reconnect, retries with the same
+  backoff and never gives up;
+* a watchdog makes a pub/sub round trip through Redis every few seconds; a listener
+  that stops hearing itself is declared dead and reconnected;
+* after any gap in this node's listener, and after any cross-node emit was dropped,
+  every local socket in an affected channel room gets ``sync:required`` so that
+  ``sync`` brings back from Postgres what pub/sub lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import socketio
+
+from libs.observability import metrics
+from libs.resilience.backoff import Backoff
+from libs.resilience.breaker import CircuitBreaker
+from libs.sio.outbound_queue import OutboundQueue
+
+log = logging.getLogger(__name__)
+
+CHANNEL_ROOM_PREFIX = "ch:"
+USER_ROOM_PREFIX = "u:"
+
+
+def channel_room(channel_id: str) -> str:
+    return CHANNEL_ROOM_PREFIX + str(channel_id)
+
+
+def user_room(user_id: str) -> str:
+    return USER_ROOM_PREFIX + user_id
+
+
+class _OrjsonCodec:
+    """JSON for adapter messages (faster than the stdlib)."""
+
+    @staticmethod
+    def dumps(obj: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes) -> Any:
+        return orjson.loads(data)
+
+
+class ResilientRedisManager(socketio.AsyncRedisManager):
+    name = "resilient-redis"
+
+    def __init__(self, url: str, channel: str = "chat-socketio", *, write_only: bool = False,
+                 backoff: Backoff | None = None, breaker: CircuitBreaker | None = None,
+                 queue_per_room: int = 1000, queue_ttl_s: float = 300.0,
+                 batch_size: int = 256, watchdog_interval_s: float = 5.0) -> None:
+        super().__init__(
+            url=url, channel=channel, write_only=write_only, json=_OrjsonCodec,
+            redis_options={
+                "socket_keepalive": True,
+                "socket_connect_timeout": 3,
+                "health_check_interval": 10,
+                "retry_on_timeout": False,
+            },
+        )
+        self.backoff = backoff or Backoff()
+        self.listen_backoff = Backoff(initial=self.backoff.initial, maximum=self.backoff.maximum,
+                                      factor=self.backoff.factor, down_after=self.backoff.down_after)
+        self.breaker = breaker or CircuitBreaker("redis")
+        self.queue = OutboundQueue(queue_per_room, queue_ttl_s)
+        self.batch_size = batch_size
+        self.watchdog_interval_s = watchdog_interval_s
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pub_redis: Any = None
+        self.listener_up = False
+        self.listener_gaps = 0
+        self.reconnects = 0
+        self._last_watchdog_rx = time.monotonic()
+        self._watchdog_channel = f"{channel}:wd:{self.host_id}"
+        self.on_connect: Callable[[str], Awaitable[None]] | None = None
+        self.publish_state = "up"
+        metrics.ADAPTER_LISTENER_UP.set(0)
+
+    # -- startup -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the drain task and (unless write-only) the listener, at process start."""
+        if self.server is not None and not getattr(self.server, "manager_initialized", True):
+            self.server.manager_initialized = True
+        if not self.write_only and self.server is not None:
+            self.initialize()  # starts python-socketio's listener thread (our _listen)
+            self._tasks.append(asyncio.create_task(self._watchdog(), name="adapter-watchdog"))
+        self._tasks.append(asyncio.create_task(self._drain_forever(), name="adapter-drain"))
+
+    def initialize(self) -> None:
+        if getattr(self, "_initialized", False):
+            return
+        self._initialized = True
+        super().initialize()
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + flush_timeout
+        while len(self.queue) and time.monotonic() < deadline and self.breaker.state == "closed":
+            self._wakeup.set()
+            await asyncio.sleep(0.05)
+        for t in self._tasks:
+            t.cancel()
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in (self._pub_redis, self.redis):
+            if conn is not None:
+                try:
+                    await conn.aclose()
+                except Exception:
+                    pass
+
+    # -- connect hook: emit `ready` after the CONNECT packet ---------------------------
+    async def connect(self, sid: str, namespace: str) -> Any:
+        result = await super().connect(sid, namespace)
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(sid)
+            except Exception:
+                log.exception("on_connect hook failed")
+        return result
+
+    # -- publishing --------------------------------------------------------------------
+    async def _publish(self, data: Any) -> None:
+        room = data.get("room") if isinstance(data, dict) else None
+        self.queue.put(str(room) if room is not None else "*", data)
+        self._wakeup.set()
+
+    def _publisher(self) -> Any:
+        if self._pub_redis is None:
+            module = self._get_redis_module()
+            self._pub_redis = module.Redis.from_url(self.redis_url, **self.redis_options)
+        return self._pub_redis
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while len(self.queue):
+                if not self.breaker.allow():
+                    await asyncio.sleep(min(1.0, self.breaker.retry_after_s() or 1.0))
+                    continue
+                batch = self.queue.take(self.batch_size)
+                if not batch:
+                    break
+                try:
+                    pipe = self._publisher().pipeline(transaction=False)
+                    for _room, msg in batch:
+                        pipe.publish(self.channel, self.json.dumps(msg))
+                    await asyncio.wait_for(pipe.execute(), 5)
+                except asyncio.CancelledError:
+                    self.queue.put_back(batch)
+                    raise
+                except Exception as exc:
+                    self.breaker.record_failure()
+                    self.queue.put_back(batch)
+                    metrics.DEPENDENCY_ERRORS.labels("redis").inc()
+                    delay = self.backoff.next_delay()
+                    self.publish_state = "down" if self.backoff.down else "reconnecting"
+                    log.warning("redis publish failed (%s); %d queued; retry in %.1fs",
+                                type(exc).__name__, len(self.queue), delay)
+                    await self._reset_publisher()
+                    await asyncio.sleep(delay)
+                    continue
+                self.breaker.record_success()
+                metrics.ADAPTER_PUBLISHED.inc(len(batch))
+                if self.backoff.attempts:
+                    log.info("redis publish recovered; %d still queued", len(self.queue))
+                    self.backoff.reset()
+                    self.reconnects += 1
+                    metrics.DEPENDENCY_RECONNECTS.labels("redis").inc()
+                self.publish_state = "up"
+                lossy = self.queue.take_lossy_rooms()
+                if lossy:
+                    await self._announce_loss(lossy)
+
+    async def _reset_publisher(self) -> None:
+        conn, self._pub_redis = self._pub_redis, None
+        if conn is not None:
+            try:
+                await conn.aclose()
+            except Exception:
+                pass
+
+    async def _announce_loss(self, rooms: set[str]) -> None:
+        """Emits to these rooms were dropped: every node tells its sockets there to sync."""
+        channel_rooms = sorted(r for r in rooms if r.startswith(CHANNEL_ROOM_PREFIX))
+        if not channel_rooms:
+            return
+        log.warning("cross-node emits dropped for %d rooms; asking their clients to sync", len(channel_rooms))
+        msg = {"method": "sync_required", "rooms": channel_rooms, "host_id": self.host_id}
+        if not self.write_only:
+            await self._notify_sync_required(set(channel_rooms))
+        self.queue.put("*sync", msg)
+        self._wakeup.set()
+
+    # -- listening ---------------------------------------------------------------------
+    def _set_listener(self, up: bool) -> None:
+        self.listener_up = up
+        metrics.ADAPTER_LISTENER_UP.set(1 if up else 0)
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:  # type: ignore[override]
+        first = True
+        while True:
+            try:
+                await self._close_listener_connection()
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel, self._watchdog_channel)
+                self._set_listener(True)
+                self._last_watchdog_rx = time.monotonic()
+                if self.listen_backoff.attempts:
+                    self.reconnects += 1
+                    metrics.DEPENDENCY_RECONNECTS.labels("redis").inc()
+                self.listen_backoff.reset()
+                log.info("redis listener subscribed")
+                if not first:
+                    await self._after_gap()
+                first = False
+                async for message in self.pubsub.listen():
+                    yield message
+                raise ConnectionError("pub/sub stream ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.listener_up:
+                    self.listener_gaps += 1
+                    metrics.ADAPTER_LISTENER_GAPS.inc()
+                self._set_listener(False)
+                first = False
+                delay = self.listen_backoff.next_delay()
+                log.warning("redis listener lost (%s: %s); resubscribing in %.1fs",
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _close_listener_connection(self) -> None:
+        pubsub, redis = self.pubsub, self.redis
+        self.pubsub = self.redis = None
+        self.connected = False
+        for conn in (pubsub, redis):
+            if conn is not None:
+                try:
+                    await conn.aclose()
+                except Exception:
+                    pass
+
+    async def _listen(self) -> AsyncIterator[Any]:  # type: ignore[override]
+        channel = self.channel.encode()
+        wd = self._watchdog_channel.encode()
+        async for message in self._redis_listen_with_retries():
+            if message.get("type") != "message":
+                continue
+            ch = message.get("channel")
+            if ch == wd:
+                self._last_watchdog_rx = time.monotonic()
+                continue
+            if ch == channel and "data" in message:
+                metrics.ADAPTER_RECEIVED.inc()
+                data = message["data"]
+                if data[:30].find(b'"sync_required"') != -1:
+                    await self._handle_sync_required_msg(data)
+                    continue
+                yield data
+
+    async def _handle_sync_required_msg(self, data: bytes) -> None:
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if msg.get("method") == "sync_required" and msg.get("host_id") != self.host_id:
+            await self._notify_sync_required(set(msg.get("rooms") or []))
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_interval_s)
+            try:
+                if self.listener_up:
+                    silent = time.monotonic() - self._last_watchdog_rx
+                    if silent > 3 * self.watchdog_interval_s:
+                        log.error("redis listener silent for %.0fs; reconnecting it", silent)
+                        await self._close_listener_connection()
+                        continue
+                    await asyncio.wait_for(self._publisher().publish(self._watchdog_channel, b"1"), 3)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("watchdog publish failed: %s", exc)
+
+    async def _after_gap(self) -> None:
+        metrics.ADAPTER_SYNC_REQUIRED.inc()
+        await self._notify_sync_required(None)
+
+    async def _notify_sync_required(self, rooms: set[str] | None) -> None:
+        """Tell each local socket in the given channel rooms (all when None) to sync."""
+        per_sid: dict[str, list[str]] = {}
+        ns_rooms = self.rooms.get("/", {})
+        for room, members in list(ns_rooms.items()):
+            if not isinstance(room, str) or not room.startswith(CHANNEL_ROOM_PREFIX):
+                continue
+            if rooms is not None and room not in rooms:
+                continue
+            cid = room[len(CHANNEL_ROOM_PREFIX):]
+            for sid in list(members):
+                per_sid.setdefault(sid, []).append(cid)
+        for sid, cids in per_sid.items():
+            try:
+                await socketio.AsyncManager.emit(self, "sync:required", {"channel_ids": sorted(cids)},
+                                                 namespace="/", room=sid)
+            except Exception:
+                log.exception("could not send sync:required")
+        if per_sid:
+            log.info("sync:required sent to %d local sockets", len(per_sid))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": ("up" if self.listener_up or self.write_only else "down")
+            if self.publish_state == "up" else self.publish_state,
+            "listener": "up" if self.listener_up else ("n/a" if self.write_only else "down"),
+            "breaker": self.breaker.state,
+            "queue_depth": len(self.queue),
+            "listener_gaps": self.listener_gaps,
+            "reconnects": self.reconnects,
+        }

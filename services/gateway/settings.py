@@ -1,0 +1,40 @@
+"""Gateway settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.config.common import CommonSettings
+from libs.config.settings import setting
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings):
+    host: str = setting("0.0.0.0", "Interface of the public Socket.IO + HTTP server")
+    port: int = setting(8080, "Public port (Socket.IO at /socket.io/, HTTP API at /api/v1/)")
+    ops_port: int = setting(0, "Ops port; 0 means public port + 1000")
+    jwt_secret: str = setting("", "HS256 secret for dev-mode tokens", secret=True)
+    jwt_audience: str = setting("chat", "Required `aud` claim")
+    jwt_issuer: str = setting("chat-dev", "Required `iss` claim")
+    jwt_jwks_url: str = setting("", "JWKS URL for RS256/ES256 tokens (production)")
+    allowed_origins: tuple[str, ...] = setting((), "Allowed browser Origins, comma separated; empty = any in dev mode, none otherwise")
+    trusted_proxy_header: str = setting("", "Header carrying the client IP (e.g. X-Forwarded-For) when behind a trusted proxy")
+    ping_interval_s: float = setting(25.0, "Engine.IO ping interval")
+    ping_timeout_s: float = setting(20.0, "Engine.IO ping timeout")
+    max_frame_bytes: int = setting(65536, "Largest Socket.IO frame accepted")
+    connect_timeout_s: float = setting(10.0, "Engine.IO sessions that send no CONNECT within this are closed")
+    drain_batch: int = setting(100, "Sockets told to reconnect per batch while draining")
+    drain_batch_interval_ms: int = setting(200, "Delay between reconnect batches while draining")
+
+    @property
+    def effective_ops_port(self) -> int:
+        return self.ops_port or self.port + 1000
+
+    def validate(self) -> list[str]:
+        problems = super().validate() if self.ops_port else [
+            p for p in super().validate() if not p.startswith("CHAT_OPS_PORT")]
+        if not self.jwt_jwks_url and not (self.dev_mode and self.jwt_secret):
+            problems.append("CHAT_JWT_JWKS_URL: required unless CHAT_DEV_MODE=1 with CHAT_JWT_SECRET")
+        if not (0 < self.port < 65536):
+            problems.append("CHAT_PORT: out of range")
+        return problems

@@ -1,0 +1,251 @@
+"""Socket.IO transport: connect, disconnect and the one wrapper every client event
+goes through: decode -> validate -> authorise -> rate-limit -> call -> ack.
+
+Every event gets exactly one ack of the contract's shape, whatever it carried; no
+exception escapes. Domain work is done by the services behind the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import socketio
+from opentelemetry import trace
+
+from libs.auth.tokens import TokenVerifier
+from libs.bus import schemas, subjects
+from libs.bus.client import Bus
+from libs.bus.subjects import MessagingOps
+from libs.errors import ChatError, Internal, Invalid, Unauthorized, Unavailable
+from libs.observability.logging import session_id_var, user_id_var
+from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
+from services.gateway import metrics
+from services.gateway.adapters.sessions import Session, SessionRegistry
+from services.gateway.domain import payloads as p
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+Ack = dict[str, Any]
+EventHandler = Callable[[Session, Any], Awaitable[Ack]]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    schema: type
+    handler: EventHandler
+
+
+def ok(**data: Any) -> Ack:
+    return {"ok": True, **data}
+
+
+def err(exc: ChatError) -> Ack:
+    return {"ok": False, "error": exc.to_dict()}
+
+
+def client_ip(environ: dict[str, Any], trusted_header: str) -> str:
+    if trusted_header:
+        key = "HTTP_" + trusted_header.upper().replace("-", "_")
+        value = environ.get(key)
+        if value:
+            return str(value).split(",")[0].strip()
+    req = environ.get("aiohttp.request")
+    if req is not None and req.transport is not None:
+        peer = req.transport.get_extra_info("peername")
+        if peer:
+            return str(peer[0])
+    return str(environ.get("REMOTE_ADDR", "unknown"))
+
+
+class SocketGateway:
+    """Connection lifecycle and event dispatch for one gateway node."""
+
+    def __init__(self, sio: socketio.AsyncServer, manager: ResilientRedisManager, bus: Bus,
+                 verifier: TokenVerifier, *, trusted_proxy_header: str = "",
+                 message_max_chars: int = 2000) -> None:
+        self.sio = sio
+        self.manager = manager
+        self.bus = bus
+        self.verifier = verifier
+        self.trusted_proxy_header = trusted_proxy_header
+        self.message_max_chars = message_max_chars
+        self.sessions = SessionRegistry()
+        self._pending_ready: dict[str, Ack] = {}
+        self.events: dict[str, EventSpec] = {}
+        self._register_events()
+        sio.on("connect", self.on_connect)
+        sio.on("disconnect", self.on_disconnect)
+        sio.on("*", self.on_event)
+        manager.on_connect = self._send_ready
+
+    # -- event table -----------------------------------------------------------------------
+    def _register_events(self) -> None:
+        self.events = {
+            "message:send": EventSpec(p.MessageSend, self.message_send),
+            "channel:join": EventSpec(p.ChannelRef, self.channel_join),
+            "channel:leave": EventSpec(p.ChannelRef, self.channel_leave),
+        }
+
+    def add_event(self, name: str, schema: type, handler: EventHandler) -> None:
+        self.events[name] = EventSpec(schema, handler)
+
+    async def request(self, service: str, op: str, payload: Any, reply_type: type) -> Any:
+        return await self.bus.request(subjects.service_request(service, op), payload, reply_type)
+
+    # -- connect / disconnect ----------------------------------------------------------------
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        started = time.perf_counter()
+        ip = client_ip(environ, self.trusted_proxy_header)
+        with _tracer.start_as_current_span("socket.connect"):
+            try:
+                token = auth.get("token") if isinstance(auth, dict) else None
+                ident = await self.verifier.verify(token)
+                user = schemas.UserRef(id=ident.user_id, name=ident.name)
+                user_id_var.set(user.id)
+                ready = await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
+                                           schemas.ReadyReply)
+            except ChatError as exc:
+                metrics.CONNECTIONS_FAILED.labels(exc.code).inc()
+                log.info("connect refused: %s", exc.code, extra={"ip": ip})
+                raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_dict()) from None
+            except Exception:
+                metrics.CONNECTIONS_FAILED.labels("internal").inc()
+                log.exception("connect failed")
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "internal", {"code": "internal", "message": "internal error"}) from None
+            session = Session(sid=sid, user_id=user.id, name=user.name,
+                              session_id=secrets.token_hex(8), ip=ip)
+            session_id_var.set(session.session_id)
+            for ch in ready.channels:
+                await self.sio.enter_room(sid, channel_room(ch.id))
+                session.channels.add(ch.id)
+            await self.sio.enter_room(sid, user_room(user.id))
+            self.sessions.add(session)
+            self._pending_ready[sid] = {
+                "session_id": session.session_id,
+                "user": {"id": user.id, "name": user.name},
+                "guilds": msgspec.to_builtins(ready.guilds),
+                "channels": msgspec.to_builtins(ready.channels),
+                "presences": [],
+                "limits": {"message_max_chars": self.message_max_chars},
+            }
+            metrics.CONNECTIONS_TOTAL.inc()
+            metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
+            log.info("connected in %.0f ms", (time.perf_counter() - started) * 1000,
+                     extra={"sid": sid, "ip": ip, "channels": len(session.channels)})
+            return True
+
+    async def _send_ready(self, sid: str) -> None:
+        payload = self._pending_ready.pop(sid, None)
+        if payload is not None:
+            await self.sio.emit("ready", payload, to=sid)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        try:
+            self._pending_ready.pop(sid, None)
+            session = self.sessions.remove(sid)
+            metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
+            metrics.DISCONNECTS.labels(str(reason or "unknown")).inc()
+            if session is not None:
+                metrics.CLEANUP_OPS.labels("rooms").inc(len(session.channels) + 1)
+                log.info("disconnected (%s)", reason, extra={"sid": sid, "user_id": session.user_id,
+                                                             "session_id": session.session_id})
+        except Exception:
+            log.exception("disconnect cleanup failed", extra={"sid": sid})
+
+    # -- the wrapper ---------------------------------------------------------------------
+    async def on_event(self, event: Any, sid: str, *args: Any) -> Ack:
+        name = event if isinstance(event, str) and len(event) <= 64 else "<invalid>"
+        spec = self.events.get(name)
+        label = name if spec is not None else "<unknown>"
+        started = time.perf_counter()
+        with _tracer.start_as_current_span(f"socket.event {label}") as span:
+            try:
+                session = self.sessions.get(sid)
+                if session is None:
+                    raise Unauthorized("session ended")
+                user_id_var.set(session.user_id)
+                session_id_var.set(session.session_id)
+                if spec is None:
+                    raise Invalid(f"unknown event {name!r}")
+                if len(args) != 1:
+                    raise Invalid("payload: exactly one object argument is expected")
+                try:
+                    payload = msgspec.convert(args[0], spec.schema)
+                except msgspec.ValidationError as exc:
+                    raise Invalid(p.describe_error(exc)) from None
+                ack = await spec.handler(session, payload)
+                metrics.EVENTS_PROCESSED.labels(label).inc()
+                return ack
+            except ChatError as exc:
+                span.set_attribute("chat.error_code", exc.code)
+                metrics.EVENTS_REJECTED.labels(label, exc.code).inc()
+                if label == "message:send":
+                    metrics.MESSAGES_REJECTED.labels(exc.code).inc()
+                if exc.code not in ("invalid", "rate_limited", "not_found", "forbidden"):
+                    log.info("event %s answered %s: %s", label, exc.code, exc.message, extra={"sid": sid})
+                return err(exc)
+            except asyncio.CancelledError:
+                metrics.EVENTS_REJECTED.labels(label, "unavailable").inc()
+                return err(Unavailable("server is shutting down"))
+            except Exception:
+                metrics.EVENTS_REJECTED.labels(label, "internal").inc()
+                log.exception("event %s failed", label, extra={"sid": sid})
+                return err(Internal("internal error"))
+            finally:
+                metrics.EVENT_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+    # -- handlers ------------------------------------------------------------------------
+    async def message_send(self, s: Session, m: p.MessageSend) -> Ack:
+        req = schemas.SendMessage(
+            user=schemas.UserRef(id=s.user_id, name=s.name), channel_id=m.channel_id, content=m.content,
+            nonce=m.nonce,
+            attachments=[schemas.Attachment(filename=a.filename, size=a.size, content_type=a.content_type, url=a.url)
+                         for a in m.attachments],
+            embeds=[schemas.Embed(title=e.title, description=e.description, url=e.url) for e in m.embeds],
+            mentions=list(m.mentions), reply_to=m.reply_to)
+        reply = await self.request("messaging", MessagingOps.SEND, req, schemas.MessageReply)
+        metrics.MESSAGES_SENT.inc()
+        return ok(message=msgspec.to_builtins(reply.message))
+
+    async def channel_join(self, s: Session, m: p.ChannelRef) -> Ack:
+        reply = await self.request("messaging", MessagingOps.CHANNEL_ACCESS,
+                                   schemas.ChannelAccess(user=schemas.UserRef(id=s.user_id, name=s.name),
+                                                         channel_id=m.channel_id), schemas.ChannelReply)
+        await self.sio.enter_room(s.sid, channel_room(m.channel_id))
+        s.channels.add(m.channel_id)
+        return ok(channel=msgspec.to_builtins(reply.channel))
+
+    async def channel_leave(self, s: Session, m: p.ChannelRef) -> Ack:
+        if m.channel_id in s.channels:
+            await self.sio.leave_room(s.sid, channel_room(m.channel_id))
+            s.channels.discard(m.channel_id)
+        return ok()
+
+    # -- control from services -------------------------------------------------------------
+    async def apply_control(self, ctl: schemas.GatewayControl) -> None:
+        for user_id in ctl.user_ids:
+            for sid in self.sessions.sids_of(user_id):
+                s = self.sessions.get(sid)
+                if s is None:
+                    continue
+                if ctl.op == "join":
+                    for cid in ctl.channel_ids:
+                        if cid not in s.channels:
+                            await self.sio.enter_room(sid, channel_room(cid))
+                            s.channels.add(cid)
+                elif ctl.op == "leave":
+                    for cid in ctl.channel_ids:
+                        if cid in s.channels:
+                            await self.sio.leave_room(sid, channel_room(cid))
+                            s.channels.discard(cid)
+                elif ctl.op == "disconnect":
+                    await self.sio.disconnect(sid)

@@ -1,0 +1,106 @@
+"""Drains the transactional outbox into the JetStream stream CHAT_EVENTS.
+
+Each row is published with ``Nats-Msg-Id`` = its event id, so a retry after a crash
+between publish and mark is de-duplicated by JetStream (duplicate window 2 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js.api import StreamConfig
+
+from libs.bus import subjects
+from libs.bus.client import Bus
+from libs.db.database import Database
+from libs.errors import ChatError
+from libs.resilience.backoff import Backoff
+
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+OUTBOX_PUBLISHED = Counter("chat_messaging_outbox_published_total", "Domain events published to JetStream")
+OUTBOX_ERRORS = Counter("chat_messaging_outbox_errors_total", "Failed outbox drain attempts")
+OUTBOX_PENDING = Gauge("chat_messaging_outbox_pending_events", "Outbox rows not yet published (last drain)")
+
+
+class OutboxPublisher:
+    def __init__(self, db: Database, bus: Bus, backoff: Backoff, batch: int = 200) -> None:
+        self.db = db
+        self.bus = bus
+        self.backoff = backoff
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stream_ready = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _ensure_stream(self) -> None:
+        if self._stream_ready:
+            return
+        assert self.bus.nc is not None
+        js = self.bus.nc.jetstream()
+        cfg = StreamConfig(name=subjects.EVENTS_STREAM, subjects=[subjects.EVENTS_WILDCARD],
+                           duplicate_window=120.0, max_age=7 * 24 * 3600.0)
+        try:
+            await js.stream_info(subjects.EVENTS_STREAM)
+        except Exception:
+            await js.add_stream(cfg)
+        self._stream_ready = True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while await self.drain_once():
+                    pass
+                self.backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                OUTBOX_ERRORS.inc()
+                delay = self.backoff.next_delay()
+                log.warning("outbox drain failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay)
+                self._stream_ready = False
+                await asyncio.sleep(delay)
+
+    async def drain_once(self) -> bool:
+        """Publish one batch; True when a full batch went out (more may be waiting)."""
+        if not self.bus.connected or self.db.pool is None:
+            return False
+        await self._ensure_stream()
+        assert self.bus.nc is not None
+        js = self.bus.nc.jetstream()
+        try:
+            async with self.db.transaction() as conn:
+                rows = await conn.fetch(
+                    "SELECT id, event_id, subject, payload::text AS payload FROM outbox "
+                    "WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.batch)
+                for r in rows:
+                    await js.publish(r["subject"], r["payload"].encode(),
+                                     headers={"Nats-Msg-Id": str(r["event_id"])}, timeout=5)
+                if rows:
+                    await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                                       [r["id"] for r in rows])
+                    OUTBOX_PUBLISHED.inc(len(rows))
+                pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                OUTBOX_PENDING.set(max(0, pending - len(rows)))
+        except ChatError:
+            return False
+        return len(rows) == self.batch

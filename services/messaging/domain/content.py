@@ -1,0 +1,50 @@
+"""Message content rules (pure): normalisation, sanitisation, limits."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import nh3
+
+MAX_CONTENT_CHARS = 2000
+MAX_ATTACHMENTS = 10
+MAX_ATTACHMENT_BYTES = 100 * 1024 * 1024
+MAX_EMBEDS = 5
+MAX_MENTIONS = 20
+
+# C0/C1 controls except tab and newline; bidi overrides and zero-width joiners that
+# make text lie about itself.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200b\ufeff]")
+
+
+def normalise(text: str) -> str:
+    """NFC, controls stripped, line endings unified, outer whitespace trimmed."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _CONTROL.sub("", text).strip()
+
+
+def neutralise_markup(text: str) -> str:
+    """Remove every tag (and the contents of script/style) and HTML-escape the rest, so
+    that the stored text is inert in any client that renders HTML and reads the same
+    as the original in one that renders text after unescaping."""
+    return nh3.clean(text, tags=set(), attributes={}, strip_comments=True, link_rel=None)
+
+
+def clean_content(text: str) -> str:
+    """The stored form of message content; raises ValueError when it is out of bounds."""
+    text = normalise(text)
+    if not text:
+        raise ValueError("content is empty")
+    if len(text) > MAX_CONTENT_CHARS:
+        raise ValueError(f"content is longer than {MAX_CONTENT_CHARS} characters")
+    cleaned = neutralise_markup(text).strip()
+    if not cleaned:
+        raise ValueError("content is empty after removing markup")
+    return cleaned
+
+
+def clean_plain(text: str, max_len: int) -> str:
+    """Short plain fields (names, titles): normalised and markup-free."""
+    text = neutralise_markup(normalise(text))
+    return text[:max_len]

@@ -1,0 +1,18 @@
+"""Messaging settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.config.common import CommonSettings
+from libs.config.settings import setting
+
+
+@dataclass(frozen=True)
+class MessagingSettings(CommonSettings):
+    ops_port: int = setting(9101, "Port of the ops HTTP server")
+    db_pool_min: int = setting(1, "Postgres pool: minimum connections")
+    db_pool_max: int = setting(10, "Postgres pool: maximum connections")
+    db_acquire_timeout_s: float = setting(2.0, "Postgres pool: acquire timeout")
+    db_statement_timeout_ms: int = setting(5000, "Postgres statement timeout")
+    sync_page_size: int = setting(100, "Events per channel in one sync answer")

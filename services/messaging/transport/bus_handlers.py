@@ -1,0 +1,135 @@
+"""Messaging's NATS handlers: decode -> domain/store -> encode, then emit after commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from libs.bus import schemas, subjects
+from libs.bus.client import Bus
+from libs.bus.subjects import MessagingOps as Ops
+from libs.errors import Invalid
+from libs.sio.redis_manager import ResilientRedisManager, channel_room
+from services.messaging.adapters.outbox import OutboxPublisher
+from services.messaging.adapters.store import Store
+from services.messaging.domain import content as rules
+
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+MESSAGES_STORED = Counter("chat_messaging_messages_stored_total", "Messages committed")
+MESSAGES_DUPLICATE = Counter("chat_messaging_messages_duplicate_total", "Sends answered from an earlier nonce")
+EMITS = Counter("chat_messaging_room_emits_total", "Room events handed to the Socket.IO adapter", ["event"])
+
+
+class MessagingHandlers:
+    def __init__(self, store: Store, bus: Bus, emitter: ResilientRedisManager, outbox: OutboxPublisher) -> None:
+        self.store = store
+        self.bus = bus
+        self.emitter = emitter
+        self.outbox = outbox
+
+    async def register(self) -> None:
+        q = subjects.queue_group("messaging")
+        table: list[tuple[str, Any, type]] = [
+            (Ops.READY, self.ready, schemas.ReadyRequest),
+            (Ops.SEND, self.send, schemas.SendMessage),
+            (Ops.HISTORY, self.history, schemas.HistoryRequest),
+            (Ops.CHANNEL_ACCESS, self.channel_access, schemas.ChannelAccess),
+            (Ops.GUILD_CREATE, self.guild_create, schemas.CreateGuild),
+            (Ops.GUILD_GET, self.guild_get, schemas.GuildRequest),
+            (Ops.INVITE_CREATE, self.invite_create, schemas.GuildRequest),
+            (Ops.INVITE_ACCEPT, self.invite_accept, schemas.AcceptInvite),
+        ]
+        for op, handler, req_type in table:
+            await self.bus.serve(subjects.service_request("messaging", op), handler, req_type, queue=q)
+
+    async def emit(self, event: str, channel_id: str, payload: Any) -> None:
+        await self.emitter.emit(event, msgspec.to_builtins(payload), room=channel_room(channel_id), namespace="/")
+        EMITS.labels(event).inc()
+
+    # -- handlers ------------------------------------------------------------------------
+    async def ready(self, req: schemas.ReadyRequest) -> schemas.ReadyReply:
+        return await self.store.ready(req.user)
+
+    async def send(self, req: schemas.SendMessage) -> schemas.MessageReply:
+        try:
+            text = rules.clean_content(req.content)
+        except ValueError as exc:
+            raise Invalid(f"content: {exc}") from None
+        req.attachments, req.embeds = _clean_extras(req)
+        msg, duplicate = await self.store.create_message(req, text)
+        if duplicate:
+            MESSAGES_DUPLICATE.inc()
+        else:
+            MESSAGES_STORED.inc()
+            await self.emit("message:created", msg.channel_id,
+                            {"channel_id": msg.channel_id, "seq": msg.seq, "message": msg})
+            self.outbox.wake()
+        return schemas.MessageReply(message=msg, duplicate=duplicate)
+
+    async def history(self, req: schemas.HistoryRequest) -> schemas.HistoryReply:
+        return schemas.HistoryReply(messages=await self.store.history(req))
+
+    async def channel_access(self, req: schemas.ChannelAccess) -> schemas.ChannelReply:
+        return schemas.ChannelReply(channel=await self.store.channel_access(req.user, req.channel_id))
+
+    async def guild_create(self, req: schemas.CreateGuild) -> schemas.Guild:
+        name = rules.clean_plain(req.name, 100).strip()
+        if not name:
+            raise Invalid("name: must not be empty")
+        guild = await self.store.create_guild(req.user, name)
+        await self._join_rooms([req.user.id], [c.id for c in guild.channels])
+        return guild
+
+    async def guild_get(self, req: schemas.GuildRequest) -> schemas.Guild:
+        return await self.store.get_guild(req.user, req.guild_id)
+
+    async def invite_create(self, req: schemas.GuildRequest) -> schemas.InviteReply:
+        return schemas.InviteReply(code=await self.store.create_invite(req.user, req.guild_id))
+
+    async def invite_accept(self, req: schemas.AcceptInvite) -> schemas.Guild:
+        if not (1 <= len(req.code) <= 64):
+            raise Invalid("code: must be 1-64 characters")
+        guild, _joined = await self.store.accept_invite(req.user, req.code)
+        await self._join_rooms([req.user.id], [c.id for c in guild.channels])
+        return guild
+
+    async def _join_rooms(self, user_ids: list[str], channel_ids: list[str]) -> None:
+        """Connected sessions of these users start receiving these channels at once."""
+        try:
+            await self.bus.publish(subjects.gateway_broadcast(),
+                                   schemas.GatewayControl(op="join", user_ids=user_ids, channel_ids=channel_ids))
+        except Exception as exc:
+            # The change is committed; sockets pick the channels up at their next connect.
+            log.warning("could not tell gateways to join rooms: %s", exc)
+
+
+def _clean_extras(req: schemas.SendMessage) -> tuple[list[schemas.Attachment], list[schemas.Embed]]:
+    if len(req.attachments) > rules.MAX_ATTACHMENTS:
+        raise Invalid(f"attachments: at most {rules.MAX_ATTACHMENTS}")
+    if len(req.embeds) > rules.MAX_EMBEDS:
+        raise Invalid(f"embeds: at most {rules.MAX_EMBEDS}")
+    if len(req.mentions) > rules.MAX_MENTIONS:
+        raise Invalid(f"mentions: at most {rules.MAX_MENTIONS}")
+    attachments = []
+    for a in req.attachments:
+        if not (0 <= a.size <= rules.MAX_ATTACHMENT_BYTES):
+            raise Invalid("attachments: size must be between 0 and 100 MiB")
+        if not a.url.startswith(("https://", "http://")):
+            raise Invalid("attachments: url must be http(s)")
+        attachments.append(schemas.Attachment(
+            filename=rules.clean_plain(a.filename, 255), size=a.size,
+            content_type=rules.clean_plain(a.content_type, 127), url=a.url[:2048]))
+    embeds = []
+    for e in req.embeds:
+        if e.url is not None and not e.url.startswith(("https://", "http://")):
+            raise Invalid("embeds: url must be http(s)")
+        embeds.append(schemas.Embed(
+            title=rules.clean_plain(e.title, 256) if e.title else None,
+            description=rules.clean_plain(e.description, 4096) if e.description else None,
+            url=e.url[:2048] if e.url else None))
+    return attachments, embeds

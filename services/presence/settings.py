@@ -1,0 +1,13 @@
+"""Presence settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.config.common import CommonSettings
+from libs.config.settings import setting
+
+
+@dataclass(frozen=True)
+class PresenceSettings(CommonSettings):
+    ops_port: int = setting(9102, "Port of the ops HTTP server")
