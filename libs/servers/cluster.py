@@ -26,6 +26,7 @@ class ServiceProcess:
     env: dict[str, str]
     ops_port: int
     log_path: Path | None = None
+    inherit_output: bool = False
     public_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
@@ -35,8 +36,8 @@ class ServiceProcess:
         return self.env.get("CHAT_NODE_ID", self.module)
 
     def start(self) -> "ServiceProcess":
-        out: int | IO[bytes] = subprocess.DEVNULL
-        if self.log_path is not None:
+        out: int | IO[bytes] | None = None if self.inherit_output else subprocess.DEVNULL
+        if self.log_path is not None and not self.inherit_output:
             self._log = open(self.log_path, "ab")
             out = self._log
         self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.module}"], env=self.env,
@@ -96,16 +97,17 @@ class Cluster:
     log_dir: Path
     gateway_ports: tuple[int, ...] = ()
     base_env: dict[str, str] = field(default_factory=dict)
+    inherit_output: bool = False
     processes: list[ServiceProcess] = field(default_factory=list)
 
     def env_for(self, node_id: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update({"CHAT_DEV_MODE": "1", "CHAT_JWT_SECRET": "dev-secret-change-me-0123456789abcdef", "PYTHONUNBUFFERED": "1"})
+        env.update(self.base_env)  # the caller's CHAT_* choices override the dev defaults
         env.update({
             "CHAT_NATS_URL": self.nats_url, "CHAT_REDIS_URL": self.redis_url,
             "CHAT_DATABASE_URL": self.database_url, "CHAT_NODE_ID": node_id,
-            "CHAT_DEV_MODE": "1", "CHAT_JWT_SECRET": "dev-secret", "PYTHONUNBUFFERED": "1",
         })
-        env.update(self.base_env)
         env.update(extra)
         return env
 
@@ -115,22 +117,25 @@ class Cluster:
         node_id = node_id or f"gateway-{port}"
         proc = ServiceProcess("gateway", self.env_for(node_id, CHAT_PORT=str(port), CHAT_OPS_PORT=str(ops),
                                                       CHAT_HOST="127.0.0.1", **extra),
-                              ops_port=ops, public_port=port, log_path=self.log_dir / f"{node_id}.log")
+                              ops_port=ops, public_port=port, log_path=self.log_dir / f"{node_id}.log",
+                              inherit_output=self.inherit_output)
         self.processes.append(proc)
         return proc
 
-    def add_service(self, module: str, node_id: str | None = None, **extra: str) -> ServiceProcess:
-        ops = free_port()
+    def add_service(self, module: str, node_id: str | None = None, ops_port: int | None = None,
+                    **extra: str) -> ServiceProcess:
+        ops = ops_port or free_port()
         node_id = node_id or f"{module.replace('_', '-')}-{ops}"
         proc = ServiceProcess(module, self.env_for(node_id, CHAT_OPS_PORT=str(ops), **extra), ops_port=ops,
-                              log_path=self.log_dir / f"{node_id}.log")
+                              log_path=self.log_dir / f"{node_id}.log", inherit_output=self.inherit_output)
         self.processes.append(proc)
         return proc
 
-    def start(self, gateway_ports: tuple[int, ...] = (0, 0), timeout: float = 60.0) -> "Cluster":
+    def start(self, gateway_ports: tuple[int, ...] = (0, 0), timeout: float = 60.0,
+              service_ops_ports: dict[str, int] | None = None) -> "Cluster":
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for module in SERVICES:
-            self.add_service(module).start()
+            self.add_service(module, ops_port=(service_ops_ports or {}).get(module)).start()
         for port in gateway_ports:
             self.add_gateway(port or None).start()
         for p in self.processes:
