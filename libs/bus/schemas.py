@@ -180,3 +180,79 @@ class GatewayControl(Struct):
     user_ids: list[str]
     channel_ids: list[str] = []
     reason: str | None = None
+
+
+class EditMessage(Struct):
+    user: UserRef
+    channel_id: str
+    message_id: str
+    content: str
+
+
+class DeleteMessage(Struct):
+    user: UserRef
+    channel_id: str
+    message_id: str
+
+
+class DeleteReply(Struct):
+    message_id: str
+    seq: int
+
+
+class DmSend(Struct):
+    user: UserRef
+    recipient_id: str
+    content: str
+    nonce: str
+
+
+class DmReply(Struct):
+    channel_id: str
+    message: Message
+    duplicate: bool = False
+
+
+class SyncRequest(Struct):
+    user: UserRef
+    channels: dict[str, int]
+
+
+class SyncChannel(Struct):
+    events: list[msgspec.Raw]
+    complete: bool
+    last_seq: int | None = None
+    error: ErrorBody | None = None
+
+
+class SyncReply(Struct):
+    channels: dict[str, SyncChannel]
+
+
+class CreateChannel(Struct):
+    user: UserRef
+    guild_id: str
+    name: str
+    kind: str
+
+
+class SetRole(Struct):
+    user: UserRef
+    guild_id: str
+    user_id: str
+    role: str
+
+
+class FriendRequest(Struct):
+    user: UserRef
+    friend_id: str
+
+
+class FriendStatus(Struct):
+    status: str
+
+
+class FriendsReply(Struct):
+    friends: list[UserRef]
+    incoming: list[UserRef]
+    outgoing: list[UserRef]

@@ -165,7 +165,7 @@ def _banner(ports: tuple[int, ...], nats: str, redis: str, db: str, own: list[Ma
         "chat cluster is up",
         *(f"  gateway   http://127.0.0.1:{p}  (Socket.IO /socket.io/, HTTP /api/v1/, ops http://127.0.0.1:{p + 1000})"
           for p in ports),
-        *(f"  {m:<10}ops http://127.0.0.1:{SERVICE_OPS_PORTS[m]}" for m in SERVICES),
+        *(f"  {m:<13}ops http://127.0.0.1:{SERVICE_OPS_PORTS[m]}" for m in SERVICES),
         f"  NATS {nats}   Redis {redis}   Postgres {db}",
         f"  servers started for this run: {started}",
         "",

@@ -8,6 +8,7 @@ from libs.db.database import Database
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
 from libs.sio.redis_manager import ResilientRedisManager
+from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
 from services.messaging.adapters.store import Store
 from services.messaging.settings import MessagingSettings
@@ -33,7 +34,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     outbox.start()
     stack.push_async_callback(outbox.stop)
 
-    handlers = MessagingHandlers(Store(db), bus, emitter, outbox)
+    handlers = MessagingHandlers(Store(db), GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size)
     await handlers.register()
     await register_ping(ctx)
     ctx.drain_hooks.append(bus.unsubscribe_all)

@@ -65,16 +65,16 @@ def test_message_send_payload_validation(payload, ok):
 
 @pytest.mark.parametrize("raw,expected", [
     ("a < b & c", "a &lt; b &amp; c"),
-    ("<script>alert(1)</script>hello", "hello"),
-    ("<b onclick=alert(1)>bold</b>", "bold"),
-    ("<a href=\"javascript:alert(1)\">x</a>", "x"),
+    ("<script>alert(1)</script>hello", "&lt;script&gt;alert(1)&lt;/script&gt;hello"),
+    ("<b onclick=alert(1)>bold</b>", "&lt;b onclick=alert(1)&gt;bold&lt;/b&gt;"),
+    ("if (a<b && c>d) {}", "if (a&lt;b &amp;&amp; c&gt;d) {}"),
     ("  e\u0301\u0000\u202e  ", "\u00e9"),
 ])
 def test_content_is_normalised_and_inert(raw, expected):
     assert clean_content(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "\u0000", "<img src=x onerror=alert(1)>", "x" * 2001])
+@pytest.mark.parametrize("raw", ["", "   ", "\u0000", "x" * 2001])
 def test_content_out_of_bounds_is_refused(raw):
     with pytest.raises(ValueError):
         clean_content(raw)

@@ -18,6 +18,7 @@ from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps
 from libs.errors import ChatError, Internal, Invalid, NotFound, Unauthorized
 from services.gateway import metrics
+from services.gateway.transport.openapi import OPENAPI_JSON
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -91,6 +92,12 @@ class HttpApi:
             web.post("/api/v1/guilds/{guild_id}/invites", self.create_invite),
             web.post("/api/v1/invites/{code}", self.accept_invite),
             web.get("/api/v1/channels/{channel_id}/messages", self.history),
+            web.post("/api/v1/guilds/{guild_id}/channels", self.create_channel),
+            web.put("/api/v1/guilds/{guild_id}/members/{user_id}", self.set_role),
+            web.get("/api/v1/users/@me/friends", self.friends),
+            web.put("/api/v1/users/@me/friends/{user_id}", self.put_friend),
+            web.delete("/api/v1/users/@me/friends/{user_id}", self.delete_friend),
+            web.get("/api/v1/openapi.json", self.openapi),
         ]
         return r
 
@@ -178,3 +185,41 @@ class HttpApi:
             before_seq=int_query(request, "before_seq", 0, 2**62),
             after_seq=int_query(request, "after_seq", 0, 2**62), limit=limit), schemas.HistoryReply)
         return json_ok(reply)
+
+    async def create_channel(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        reply = await self._req(MessagingOps.CHANNEL_CREATE, schemas.CreateChannel(
+            user=request[USER_KEY], guild_id=request.match_info["guild_id"], name=str_field(body, "name", 100),
+            kind=str_field(body, "kind", 16)), schemas.ChannelReply)
+        return json_ok(reply.channel, status=201)
+
+    async def set_role(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        member = await self._req(MessagingOps.MEMBER_ROLE, schemas.SetRole(
+            user=request[USER_KEY], guild_id=request.match_info["guild_id"], user_id=request.match_info["user_id"],
+            role=str_field(body, "role", 16)), schemas.Member)
+        return json_ok(member)
+
+    async def friends(self, request: web.Request) -> web.Response:
+        reply = await self._req(MessagingOps.FRIENDS_LIST, schemas.ReadyRequest(user=request[USER_KEY]),
+                                schemas.FriendsReply)
+        return json_ok(reply)
+
+    async def put_friend(self, request: web.Request) -> web.Response:
+        reply = await self._req(MessagingOps.FRIEND_PUT, schemas.FriendRequest(
+            user=request[USER_KEY], friend_id=_user_id(request.match_info["user_id"])), schemas.FriendStatus)
+        return json_ok(reply)
+
+    async def delete_friend(self, request: web.Request) -> web.Response:
+        await self._req(MessagingOps.FRIEND_DELETE, schemas.FriendRequest(
+            user=request[USER_KEY], friend_id=_user_id(request.match_info["user_id"])), schemas.Empty)
+        return web.Response(status=204)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI_JSON, content_type="application/json")
+
+
+def _user_id(raw: str) -> str:
+    if not SUB_RE.match(raw):
+        raise NotFound("user not found")
+    return raw

@@ -92,6 +92,10 @@ class SocketGateway:
             "message:send": EventSpec(p.MessageSend, self.message_send),
             "channel:join": EventSpec(p.ChannelRef, self.channel_join),
             "channel:leave": EventSpec(p.ChannelRef, self.channel_leave),
+            "message:edit": EventSpec(p.MessageEdit, self.message_edit),
+            "message:delete": EventSpec(p.MessageDelete, self.message_delete),
+            "dm:send": EventSpec(p.DmSend, self.dm_send),
+            "sync": EventSpec(p.Sync, self.sync),
         }
 
     def add_event(self, name: str, schema: type, handler: EventHandler) -> None:
@@ -188,7 +192,7 @@ class SocketGateway:
             except ChatError as exc:
                 span.set_attribute("chat.error_code", exc.code)
                 metrics.EVENTS_REJECTED.labels(label, exc.code).inc()
-                if label == "message:send":
+                if label in ("message:send", "dm:send"):
                     metrics.MESSAGES_REJECTED.labels(exc.code).inc()
                 if exc.code not in ("invalid", "rate_limited", "not_found", "forbidden"):
                     log.info("event %s answered %s: %s", label, exc.code, exc.message, extra={"sid": sid})
@@ -215,6 +219,32 @@ class SocketGateway:
         reply = await self.request("messaging", MessagingOps.SEND, req, schemas.MessageReply)
         metrics.MESSAGES_SENT.inc()
         return ok(message=msgspec.to_builtins(reply.message))
+
+    async def message_edit(self, s: Session, m: p.MessageEdit) -> Ack:
+        reply = await self.request("messaging", MessagingOps.EDIT, schemas.EditMessage(
+            user=self.user(s), channel_id=m.channel_id, message_id=m.message_id, content=m.content),
+            schemas.MessageReply)
+        return ok(message=msgspec.to_builtins(reply.message))
+
+    async def message_delete(self, s: Session, m: p.MessageDelete) -> Ack:
+        await self.request("messaging", MessagingOps.DELETE, schemas.DeleteMessage(
+            user=self.user(s), channel_id=m.channel_id, message_id=m.message_id), schemas.DeleteReply)
+        return ok()
+
+    async def dm_send(self, s: Session, m: p.DmSend) -> Ack:
+        reply = await self.request("messaging", MessagingOps.DM_SEND, schemas.DmSend(
+            user=self.user(s), recipient_id=m.recipient_id, content=m.content, nonce=m.nonce), schemas.DmReply)
+        metrics.MESSAGES_SENT.inc()
+        return ok(channel_id=reply.channel_id, message=msgspec.to_builtins(reply.message))
+
+    async def sync(self, s: Session, m: p.Sync) -> Ack:
+        reply = await self.request("messaging", MessagingOps.SYNC,
+                                   schemas.SyncRequest(user=self.user(s), channels=dict(m.channels)), dict)
+        return ok(channels=reply["channels"])
+
+    @staticmethod
+    def user(s: Session) -> schemas.UserRef:
+        return schemas.UserRef(id=s.user_id, name=s.name)
 
     async def channel_join(self, s: Session, m: p.ChannelRef) -> Ack:
         reply = await self.request("messaging", MessagingOps.CHANNEL_ACCESS,

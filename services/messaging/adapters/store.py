@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Any
 
@@ -12,8 +11,8 @@ import orjson
 
 from libs.bus import schemas, subjects
 from libs.db.database import Database
-from libs.errors import Conflict, Forbidden, Invalid, NotFound
-from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, message_from_row
+from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, iso, message_from_row
 
 ROLE_RANK = {"member": 0, "moderator": 1, "admin": 2, "owner": 3}
 
@@ -136,8 +135,7 @@ class Store:
         msg = schemas.Message(
             id=str(mrow["id"]), channel_id=str(cid), seq=seq, author=req.user, content=content,
             nonce=req.nonce, attachments=req.attachments, embeds=req.embeds, mentions=req.mentions,
-            reply_to=str(reply_to) if reply_to else None,
-            created_at=mrow["created_at"].strftime("%Y-%m-%dT%H:%M:%S.") + f"{mrow['created_at'].microsecond // 1000:03d}Z",
+            reply_to=str(reply_to) if reply_to else None, created_at=iso(mrow["created_at"]) or "",
         )
         await self.append_event(conn, cid, seq, "message:created", int(msg.id),
                                 {"channel_id": str(cid), "seq": seq, "message": msg})
@@ -187,73 +185,128 @@ class Store:
                 rows = list(reversed(await conn.fetch(base + "ORDER BY m.seq DESC LIMIT $2", cid, limit)))
         return [message_from_row(r) for r in rows]
 
-    # -- guilds --------------------------------------------------------------------------
-    async def create_guild(self, user: schemas.UserRef, name: str) -> schemas.Guild:
-        async with self.db.connection() as conn:
-            await self.ensure_user(conn, user)
-            async with conn.transaction():
-                gid = await conn.fetchval("INSERT INTO guilds (name, owner_id) VALUES ($1, $2) RETURNING id",
-                                          name, user.id)
-                await conn.execute("INSERT INTO guild_members (guild_id, user_id, role) VALUES ($1, $2, 'owner')",
-                                   gid, user.id)
-                await conn.execute(
-                    "INSERT INTO channels (guild_id, name, kind) VALUES ($1, 'general', 'text'), ($1, 'lounge', 'voice')",
-                    gid)
-            return await self._guild(conn, gid)
 
-    async def _guild(self, conn: asyncpg.Connection, gid: int) -> schemas.Guild:
-        g = await conn.fetchrow("SELECT * FROM guilds WHERE id = $1", gid)
-        if g is None:
-            raise NotFound("guild not found")
-        chans = await conn.fetch("SELECT * FROM channels WHERE guild_id = $1 ORDER BY id", gid)
-        members = await conn.fetch(
-            "SELECT gm.user_id, u.name, gm.role FROM guild_members gm JOIN users u ON u.id = gm.user_id "
-            "WHERE gm.guild_id = $1 ORDER BY gm.joined_at, gm.user_id", gid)
-        return schemas.Guild(
-            id=str(gid), name=g["name"], owner_id=g["owner_id"],
-            channels=[channel_from_row(c) for c in chans],
-            members=[schemas.Member(user_id=m["user_id"], name=m["name"], role=m["role"]) for m in members],
-        )
+    # -- edit / delete -----------------------------------------------------------------
+    async def _locked_message(self, conn: asyncpg.Connection, channel_id: int, message_id: str) -> Any:
+        row = await conn.fetchrow(
+            f"SELECT {MESSAGE_COLUMNS}, m.deleted_at FROM messages m JOIN users u ON u.id = m.author_id "
+            "WHERE m.id = $1 AND m.channel_id = $2 FOR UPDATE OF m", _id(message_id, "message"), channel_id)
+        if row is None:
+            raise NotFound("message not found")
+        return row
+
+    async def edit_message(self, user: schemas.UserRef, channel_id: str, message_id: str,
+                           content: str) -> tuple[schemas.Message, int]:
+        async with self.db.transaction() as conn:
+            chan, _role = await self.channel_for_member(conn, user.id, channel_id)
+            row = await self._locked_message(conn, chan["id"], message_id)
+            if row["deleted_at"] is not None:
+                raise Conflict("message was deleted")
+            if row["author_id"] != user.id:
+                raise Forbidden("only the author can edit a message")
+            seq = await self._next_seq(conn, chan["id"])
+            edited = await conn.fetchval(
+                "UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING edited_at",
+                row["id"], content)
+            msg = message_from_row(row)
+            msg.content = content
+            msg.edited_at = iso(edited)
+            await self.append_event(conn, chan["id"], seq, "message:updated", row["id"],
+                                    {"channel_id": str(chan["id"]), "seq": seq, "message": msg})
+        return msg, seq
+
+    async def delete_message(self, user: schemas.UserRef, channel_id: str, message_id: str) -> tuple[str, int]:
+        async with self.db.transaction() as conn:
+            chan, role = await self.channel_for_member(conn, user.id, channel_id)
+            row = await self._locked_message(conn, chan["id"], message_id)
+            if row["deleted_at"] is not None:
+                raise NotFound("message not found")
+            moderator = role is not None and ROLE_RANK[role] >= ROLE_RANK["moderator"]
+            if row["author_id"] != user.id and not moderator:
+                raise Forbidden("only the author or a moderator can delete a message")
+            seq = await self._next_seq(conn, chan["id"])
+            await conn.execute("UPDATE messages SET deleted_at = now(), content = '' WHERE id = $1", row["id"])
+            # What was deleted stays deleted: earlier log entries lose their text too.
+            await conn.execute(
+                "UPDATE channel_events SET payload = jsonb_set(payload, '{message,content}', '\"\"') "
+                "WHERE channel_id = $1 AND message_id = $2 AND kind <> 'message:deleted'",
+                chan["id"], row["id"])
+            mid = str(row["id"])
+            await self.append_event(conn, chan["id"], seq, "message:deleted", row["id"],
+                                    {"channel_id": str(chan["id"]), "seq": seq, "message_id": mid})
+        return mid, seq
 
     @staticmethod
-    async def member_role(conn: asyncpg.Connection, gid: int, user_id: str) -> str | None:
-        return await conn.fetchval("SELECT role FROM guild_members WHERE guild_id = $1 AND user_id = $2",
-                                   gid, user_id)
+    async def _next_seq(conn: asyncpg.Connection, channel_id: int) -> int:
+        return int(await conn.fetchval(
+            "UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", channel_id))
 
-    async def get_guild(self, user: schemas.UserRef, guild_id: str) -> schemas.Guild:
-        gid = _id(guild_id, "guild")
-        async with self.db.connection() as conn:
-            if await self.member_role(conn, gid, user.id) is None:
-                raise NotFound("guild not found")
-            return await self._guild(conn, gid)
-
-    async def create_invite(self, user: schemas.UserRef, guild_id: str) -> str:
-        gid = _id(guild_id, "guild")
-        async with self.db.connection() as conn:
-            if await self.member_role(conn, gid, user.id) is None:
-                raise NotFound("guild not found")
-            code = secrets.token_urlsafe(8)
-            await conn.execute("INSERT INTO invites (code, guild_id, created_by) VALUES ($1, $2, $3)",
-                               code, gid, user.id)
-        return code
-
-    async def accept_invite(self, user: schemas.UserRef, code: str) -> tuple[schemas.Guild, bool]:
-        """Join the invite's guild; (guild, newly_joined)."""
+    # -- direct messages ------------------------------------------------------------------
+    async def open_dm(self, user: schemas.UserRef, recipient_id: str) -> tuple[str, bool]:
+        """The DM channel of the two users, created when missing; (channel_id, created)."""
+        if recipient_id == user.id:
+            raise Invalid("recipient_id: cannot send a DM to yourself")
+        a, b = sorted((user.id, recipient_id))
         async with self.db.connection() as conn:
             await self.ensure_user(conn, user)
+            existing = await conn.fetchval("SELECT channel_id FROM dm_channels WHERE user_a = $1 AND user_b = $2", a, b)
+            if existing is not None:
+                return str(existing), False
+            if not await conn.fetchval("SELECT 1 FROM users WHERE id = $1", recipient_id):
+                raise NotFound("user not found")
+            allowed = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM guild_members x JOIN guild_members y ON x.guild_id = y.guild_id "
+                "               WHERE x.user_id = $1 AND y.user_id = $2) "
+                "OR (EXISTS (SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2) "
+                "    AND EXISTS (SELECT 1 FROM friendships WHERE user_id = $2 AND friend_id = $1))",
+                user.id, recipient_id)
+            if not allowed:
+                raise Forbidden("you can message users you share a guild with or your friends")
             async with conn.transaction():
-                gid = await conn.fetchval("UPDATE invites SET uses = uses + 1 WHERE code = $1 RETURNING guild_id", code)
-                if gid is None:
-                    raise NotFound("invite not found")
-                banned = await conn.fetchval(
-                    "SELECT 1 FROM bans WHERE guild_id = $1 AND user_id = $2 AND (until IS NULL OR until > now())",
-                    gid, user.id)
-                if banned:
-                    raise Forbidden("you are banned from this guild")
-                status = await conn.execute(
-                    "INSERT INTO guild_members (guild_id, user_id, role) VALUES ($1, $2, 'member') "
-                    "ON CONFLICT DO NOTHING", gid, user.id)
-            return await self._guild(conn, gid), status.endswith(" 1")
+                cid = await conn.fetchval("INSERT INTO channels (guild_id, name, kind) VALUES (NULL, $1, 'dm') RETURNING id",
+                                          f"{a},{b}")
+                inserted = await conn.fetchval(
+                    "INSERT INTO dm_channels (channel_id, user_a, user_b) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (user_a, user_b) DO NOTHING RETURNING channel_id", cid, a, b)
+                if inserted is None:
+                    raise asyncpg.UniqueViolationError("dm exists")  # rolls back the spare channel
+            return str(cid), True
+
+    async def open_dm_retrying(self, user: schemas.UserRef, recipient_id: str) -> tuple[str, bool]:
+        try:
+            return await self.open_dm(user, recipient_id)
+        except asyncpg.UniqueViolationError:
+            return await self.open_dm(user, recipient_id)  # lost a race: the other one exists now
+
+    # -- sync ------------------------------------------------------------------------------
+    async def sync(self, user: schemas.UserRef, channels: dict[str, int], page: int,
+                   budget: int) -> dict[str, schemas.SyncChannel]:
+        """Every event after each given seq, oldest first, ``page`` per channel at most and
+        ``budget`` in all; ``complete`` is false where more remain."""
+        out: dict[str, schemas.SyncChannel] = {}
+        async with self.db.connection() as conn:
+            for channel_id, after in channels.items():
+                try:
+                    chan, _ = await self.channel_for_member(conn, user.id, channel_id)
+                except NotFound as exc:
+                    out[channel_id] = schemas.SyncChannel(events=[], complete=True,
+                                                          error=schemas.ErrorBody(code=exc.code, message=exc.message))
+                    continue
+                limit = max(0, min(page, budget))
+                rows = await conn.fetch(
+                    "SELECT kind, payload::text AS payload FROM channel_events "
+                    "WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", chan["id"], after, limit) if limit else []
+                budget -= len(rows)
+                events = [msgspec.Raw(('{"event":"%s",' % r["kind"]).encode() + r["payload"].encode()[1:])
+                          for r in rows]
+                last_seq = int(chan["last_seq"])
+                complete = _last_seq(rows) >= last_seq if rows else after >= last_seq
+                out[channel_id] = schemas.SyncChannel(events=events, complete=complete, last_seq=last_seq)
+        return out
 
 
-__all__ = ["Store", "Conflict", "ROLE_RANK"]
+def _last_seq(rows: list[Any]) -> int:
+    return int(orjson.loads(rows[-1]["payload"])["seq"])
+
+
+__all__ = ["Store", "Conflict", "ROLE_RANK", "Unavailable"]

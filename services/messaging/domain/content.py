@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
-
-import nh3
 
 MAX_CONTENT_CHARS = 2000
 MAX_ATTACHMENTS = 10
@@ -25,10 +24,13 @@ def normalise(text: str) -> str:
 
 
 def neutralise_markup(text: str) -> str:
-    """Remove every tag (and the contents of script/style) and HTML-escape the rest, so
-    that the stored text is inert in any client that renders HTML and reads the same
-    as the original in one that renders text after unescaping."""
-    return nh3.clean(text, tags=set(), attributes={}, strip_comments=True, link_rel=None)
+    """HTML-escape ``<``, ``>`` and ``&``: no tag, attribute or entity in the stored text
+    can act in a client that renders HTML, and the text reads exactly as written.
+
+    Content is plain text, so escaping (not tag stripping) is the neutralisation: a
+    tag-stripping sanitiser cannot tell ``a<b && c>d`` from a tag and would eat it.
+    """
+    return html.escape(text, quote=False)
 
 
 def clean_content(text: str) -> str:
@@ -38,10 +40,7 @@ def clean_content(text: str) -> str:
         raise ValueError("content is empty")
     if len(text) > MAX_CONTENT_CHARS:
         raise ValueError(f"content is longer than {MAX_CONTENT_CHARS} characters")
-    cleaned = neutralise_markup(text).strip()
-    if not cleaned:
-        raise ValueError("content is empty after removing markup")
-    return cleaned
+    return neutralise_markup(text)
 
 
 def clean_plain(text: str, max_len: int) -> str:

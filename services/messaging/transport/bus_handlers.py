@@ -11,7 +11,8 @@ from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps as Ops
 from libs.errors import Invalid
-from libs.sio.redis_manager import ResilientRedisManager, channel_room
+from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
+from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
 from services.messaging.adapters.store import Store
 from services.messaging.domain import content as rules
@@ -26,8 +27,12 @@ EMITS = Counter("chat_messaging_room_emits_total", "Room events handed to the So
 
 
 class MessagingHandlers:
-    def __init__(self, store: Store, bus: Bus, emitter: ResilientRedisManager, outbox: OutboxPublisher) -> None:
+    def __init__(self, store: Store, guilds: GuildStore, bus: Bus, emitter: ResilientRedisManager,
+                 outbox: OutboxPublisher, sync_page_size: int = 100, sync_budget: int = 1000) -> None:
         self.store = store
+        self.guilds = guilds
+        self.sync_page_size = sync_page_size
+        self.sync_budget = sync_budget
         self.bus = bus
         self.emitter = emitter
         self.outbox = outbox
@@ -43,23 +48,30 @@ class MessagingHandlers:
             (Ops.GUILD_GET, self.guild_get, schemas.GuildRequest),
             (Ops.INVITE_CREATE, self.invite_create, schemas.GuildRequest),
             (Ops.INVITE_ACCEPT, self.invite_accept, schemas.AcceptInvite),
+            (Ops.EDIT, self.edit, schemas.EditMessage),
+            (Ops.DELETE, self.delete, schemas.DeleteMessage),
+            (Ops.DM_SEND, self.dm_send, schemas.DmSend),
+            (Ops.SYNC, self.sync, schemas.SyncRequest),
+            (Ops.CHANNEL_CREATE, self.channel_create, schemas.CreateChannel),
+            (Ops.MEMBER_ROLE, self.member_role, schemas.SetRole),
+            (Ops.FRIENDS_LIST, self.friends_list, schemas.ReadyRequest),
+            (Ops.FRIEND_PUT, self.friend_put, schemas.FriendRequest),
+            (Ops.FRIEND_DELETE, self.friend_delete, schemas.FriendRequest),
         ]
         for op, handler, req_type in table:
             await self.bus.serve(subjects.service_request("messaging", op), handler, req_type, queue=q)
 
-    async def emit(self, event: str, channel_id: str, payload: Any) -> None:
-        await self.emitter.emit(event, msgspec.to_builtins(payload), room=channel_room(channel_id), namespace="/")
+    async def emit(self, event: str, channel_id: str, payload: Any, rooms: list[str] | None = None) -> None:
+        await self.emitter.emit(event, msgspec.to_builtins(payload), room=rooms or channel_room(channel_id),
+                                namespace="/")
         EMITS.labels(event).inc()
 
     # -- handlers ------------------------------------------------------------------------
     async def ready(self, req: schemas.ReadyRequest) -> schemas.ReadyReply:
         return await self.store.ready(req.user)
 
-    async def send(self, req: schemas.SendMessage) -> schemas.MessageReply:
-        try:
-            text = rules.clean_content(req.content)
-        except ValueError as exc:
-            raise Invalid(f"content: {exc}") from None
+    async def send(self, req: schemas.SendMessage, rooms: list[str] | None = None) -> schemas.MessageReply:
+        text = _content(req.content)
         req.attachments, req.embeds = _clean_extras(req)
         msg, duplicate = await self.store.create_message(req, text)
         if duplicate:
@@ -67,9 +79,65 @@ class MessagingHandlers:
         else:
             MESSAGES_STORED.inc()
             await self.emit("message:created", msg.channel_id,
-                            {"channel_id": msg.channel_id, "seq": msg.seq, "message": msg})
+                            {"channel_id": msg.channel_id, "seq": msg.seq, "message": msg}, rooms)
             self.outbox.wake()
         return schemas.MessageReply(message=msg, duplicate=duplicate)
+
+    async def edit(self, req: schemas.EditMessage) -> schemas.MessageReply:
+        msg, seq = await self.store.edit_message(req.user, req.channel_id, req.message_id, _content(req.content))
+        await self.emit("message:updated", msg.channel_id, {"channel_id": msg.channel_id, "seq": seq, "message": msg})
+        self.outbox.wake()
+        return schemas.MessageReply(message=msg)
+
+    async def delete(self, req: schemas.DeleteMessage) -> schemas.DeleteReply:
+        mid, seq = await self.store.delete_message(req.user, req.channel_id, req.message_id)
+        await self.emit("message:deleted", req.channel_id, {"channel_id": req.channel_id, "seq": seq, "message_id": mid})
+        self.outbox.wake()
+        return schemas.DeleteReply(message_id=mid, seq=seq)
+
+    async def dm_send(self, req: schemas.DmSend) -> schemas.DmReply:
+        text = _content(req.content)
+        channel_id, created = await self.store.open_dm_retrying(req.user, req.recipient_id)
+        rooms = None
+        if created:
+            # Sockets join the new channel's room through a bus broadcast that may arrive after
+            # the first message: that one goes to both users' own rooms instead.
+            await self._join_rooms([req.user.id, req.recipient_id], [channel_id])
+            rooms = [user_room(req.user.id), user_room(req.recipient_id)]
+        reply = await self.send(schemas.SendMessage(user=req.user, channel_id=channel_id, content=text,
+                                                    nonce=req.nonce), rooms)
+        return schemas.DmReply(channel_id=channel_id, message=reply.message, duplicate=reply.duplicate)
+
+    async def sync(self, req: schemas.SyncRequest) -> schemas.SyncReply:
+        if len(req.channels) > 500:
+            raise Invalid("channels: at most 500 per call")
+        raw = await self.store.sync(req.user, req.channels, self.sync_page_size, self.sync_budget)
+        return schemas.SyncReply(channels=raw)
+
+    async def channel_create(self, req: schemas.CreateChannel) -> schemas.ChannelReply:
+        if req.kind not in ("text", "voice"):
+            raise Invalid("kind: must be text or voice")
+        name = rules.clean_plain(req.name, 100).strip()
+        if not name:
+            raise Invalid("name: must not be empty")
+        channel, members = await self.guilds.create_channel(req.user, req.guild_id, name, req.kind)
+        await self._join_rooms(members, [channel.id])
+        return schemas.ChannelReply(channel=channel)
+
+    async def member_role(self, req: schemas.SetRole) -> schemas.Member:
+        if req.role not in ("admin", "moderator", "member"):
+            raise Invalid("role: must be admin, moderator or member")
+        return await self.guilds.set_role(req.user, req.guild_id, req.user_id, req.role)
+
+    async def friends_list(self, req: schemas.ReadyRequest) -> schemas.FriendsReply:
+        return msgspec.convert(await self.guilds.friends(req.user), schemas.FriendsReply)
+
+    async def friend_put(self, req: schemas.FriendRequest) -> schemas.FriendStatus:
+        return schemas.FriendStatus(status=await self.guilds.put_friend(req.user, req.friend_id))
+
+    async def friend_delete(self, req: schemas.FriendRequest) -> schemas.Empty:
+        await self.guilds.delete_friend(req.user, req.friend_id)
+        return schemas.Empty()
 
     async def history(self, req: schemas.HistoryRequest) -> schemas.HistoryReply:
         return schemas.HistoryReply(messages=await self.store.history(req))
@@ -81,20 +149,20 @@ class MessagingHandlers:
         name = rules.clean_plain(req.name, 100).strip()
         if not name:
             raise Invalid("name: must not be empty")
-        guild = await self.store.create_guild(req.user, name)
+        guild = await self.guilds.create_guild(req.user, name)
         await self._join_rooms([req.user.id], [c.id for c in guild.channels])
         return guild
 
     async def guild_get(self, req: schemas.GuildRequest) -> schemas.Guild:
-        return await self.store.get_guild(req.user, req.guild_id)
+        return await self.guilds.get_guild(req.user, req.guild_id)
 
     async def invite_create(self, req: schemas.GuildRequest) -> schemas.InviteReply:
-        return schemas.InviteReply(code=await self.store.create_invite(req.user, req.guild_id))
+        return schemas.InviteReply(code=await self.guilds.create_invite(req.user, req.guild_id))
 
     async def invite_accept(self, req: schemas.AcceptInvite) -> schemas.Guild:
         if not (1 <= len(req.code) <= 64):
             raise Invalid("code: must be 1-64 characters")
-        guild, _joined = await self.store.accept_invite(req.user, req.code)
+        guild, _joined = await self.guilds.accept_invite(req.user, req.code)
         await self._join_rooms([req.user.id], [c.id for c in guild.channels])
         return guild
 
@@ -106,6 +174,13 @@ class MessagingHandlers:
         except Exception as exc:
             # The change is committed; sockets pick the channels up at their next connect.
             log.warning("could not tell gateways to join rooms: %s", exc)
+
+
+def _content(raw: str) -> str:
+    try:
+        return rules.clean_content(raw)
+    except ValueError as exc:
+        raise Invalid(f"content: {exc}") from None
 
 
 def _clean_extras(req: schemas.SendMessage) -> tuple[list[schemas.Attachment], list[schemas.Embed]]:

@@ -1,0 +1,177 @@
+"""Messaging: edits, deletes, DMs, gap-free seqs across nodes, and `sync`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import pytest
+
+from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.fixtures import Stack
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def sync_all(sock, channel_id: str, after: int) -> list[dict]:
+    """Call `sync` until complete; return every event."""
+    events: list[dict] = []
+    calls = 0
+    while True:
+        calls += 1
+        ack = await sock.call("sync", {"channels": {channel_id: after}})
+        assert ack["ok"], ack
+        page = ack["channels"][channel_id]
+        events += page["events"]
+        if page["events"]:
+            after = page["events"][-1]["seq"]
+        if page["complete"]:
+            return events
+        assert calls < 100
+
+
+async def test_sync_returns_exactly_the_missed_events_in_order_across_pages(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    guild = await guild_with_members(alice, bob)
+    ch = guild["text_channel"]
+    a = await alice.connect()
+    b = await bob.connect()
+    ack = await a.call("message:send", {"channel_id": ch, "content": "seen live", "nonce": "n-live"})
+    await b.wait_for("message:created")
+    await bob.close()
+
+    sent = []
+    for i in range(250):
+        ack = await a.call("message:send", {"channel_id": ch, "content": f"missed {i}", "nonce": f"n{i}"})
+        assert ack["ok"], ack
+        sent.append(ack["message"])
+    expected = [("message:created", m["id"]) for m in sent]
+    for m in sent[:20]:
+        ack = await a.call("message:edit", {"channel_id": ch, "message_id": m["id"], "content": "edited"})
+        assert ack["ok"] and ack["message"]["edited_at"], ack
+        expected.append(("message:updated", m["id"]))
+    for m in sent[20:30]:
+        ack = await a.call("message:delete", {"channel_id": ch, "message_id": m["id"]})
+        assert ack == {"ok": True}, ack
+        expected.append(("message:deleted", m["id"]))
+
+    b2 = await bob.connect()
+    last_seq = next(c["last_seq"] for c in b2.events["ready"][0]["channels"] if c["id"] == ch)
+    assert last_seq == 1 + len(expected)
+    events = await sync_all(b2, ch, 1)
+    assert [e["seq"] for e in events] == list(range(2, 2 + len(expected)))
+    got = [(e["event"], e["message"]["id"] if "message" in e else e["message_id"]) for e in events]
+    assert got == expected
+    updated = next(e for e in events if e["event"] == "message:updated")
+    assert updated["message"]["content"] == "edited" and updated["message"]["seq"] < updated["seq"]
+    deleted_ids = {e["message_id"] for e in events if e["event"] == "message:deleted"}
+    assert all(e["message"]["content"] == "" for e in events
+               if e["event"] == "message:created" and e["message"]["id"] in deleted_ids)
+    await alice.close()
+    await bob.close()
+
+
+async def test_fifty_senders_on_two_nodes_give_gap_free_seqs(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    owner = await ChatClient(http, g1, uid("own")).login()
+    users = [await ChatClient(http, (g1, g2)[i % 2], uid(f"u{i}-")).login() for i in range(50)]
+    guild = await guild_with_members(owner, *users)
+    ch = guild["text_channel"]
+    socks = [await u.connect() for u in users]
+    acks = await asyncio.gather(*(s.call("message:send", {"channel_id": ch, "content": f"m{i}", "nonce": "x"})
+                                  for i, s in enumerate(socks)))
+    assert all(a["ok"] for a in acks)
+    seqs = sorted(a["message"]["seq"] for a in acks)
+    assert seqs == list(range(1, 51))
+    for s in socks[:5] + socks[-5:]:
+        live = {e["seq"] for e in s.events["message:created"]}
+        recovered = {e["seq"] for e in await sync_all(s, ch, 0)}
+        assert live <= recovered == set(range(1, 51))
+    for u in users:
+        await u.close()
+
+
+async def test_dm_between_guild_members_and_refusal_for_strangers(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    carol = await ChatClient(http, g2, uid("carol")).login()
+    await guild_with_members(alice, bob)
+    a = await alice.connect()
+    b = await bob.connect()
+    c = await carol.connect()
+    ack = await a.call("dm:send", {"recipient_id": bob.user_id, "content": "psst", "nonce": "d1"})
+    assert ack["ok"], ack
+    got = (await b.wait_for("message:created"))[0]
+    assert got["channel_id"] == ack["channel_id"] and got["message"]["content"] == "psst"
+    # The DM channel is reused, and both sockets now receive it through its room.
+    ack2 = await b.call("dm:send", {"recipient_id": alice.user_id, "content": "hi back", "nonce": "d2"})
+    assert ack2["ok"] and ack2["channel_id"] == ack["channel_id"]
+    assert (await a.wait_for("message:created", 2))[-1]["message"]["content"] == "hi back"
+    refused = await c.call("dm:send", {"recipient_id": alice.user_id, "content": "hello?", "nonce": "d3"})
+    assert refused["error"]["code"] == "forbidden"
+    missing = await c.call("dm:send", {"recipient_id": "nobody-" + uid(""), "content": "x", "nonce": "d4"})
+    assert missing["error"]["code"] == "not_found"
+    # Friends may DM without a shared guild, once both sides accepted.
+    await carol.api("PUT", f"/users/@me/friends/{alice.user_id}", expect=200)
+    assert (await c.call("dm:send", {"recipient_id": alice.user_id, "content": "x", "nonce": "d5"}))["error"]["code"] == "forbidden"
+    assert (await alice.api("PUT", f"/users/@me/friends/{carol.user_id}", expect=200))["status"] == "friends"
+    assert (await c.call("dm:send", {"recipient_id": alice.user_id, "content": "x", "nonce": "d5"}))["ok"]
+    friends = await alice.api("GET", "/users/@me/friends", expect=200)
+    assert [f["id"] for f in friends["friends"]] == [carol.user_id]
+    for u in (alice, bob, carol):
+        await u.close()
+
+
+XSS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>hi",
+    "<a href=\"javascript:alert(1)\">click</a>",
+    "<svg/onload=alert(1)>x",
+    "<iframe src=//evil></iframe>y",
+    "&lt;script&gt;alert(1)&lt;/script&gt;",
+    "<scr<script>ipt>alert(1)</script>",
+    "\uff1cscript\uff1ealert(1)\uff1c/script\uff1e",
+    "<div style=\"background:url(javascript:alert(1))\">z</div>",
+    "<<b>b>bold",
+]
+
+
+@pytest.mark.parametrize("payload", XSS)
+async def test_stored_content_is_inert(http, cluster: Stack, payload: str):
+    alice = await ChatClient(http, cluster.gateways[0], uid("x")).login()
+    guild = await guild_with_members(alice)
+    a = await alice.connect()
+    ack = await a.call("message:send", {"channel_id": guild["text_channel"], "content": payload, "nonce": "x"})
+    if ack["ok"]:
+        content = ack["message"]["content"]
+        lowered = content.lower()
+        assert "<" not in content and ">" not in content
+        assert "javascript:" not in lowered or "<" not in content
+    else:
+        assert ack["error"]["code"] == "invalid"
+    await alice.close()
+
+
+@pytest.mark.parametrize("text", ["a < b & c", "x & y", "1 > 0", "&amp;", "if (a<b && c>d) {}"])
+async def test_plain_text_round_trips(http, cluster: Stack, text: str):
+    import html
+
+    alice = await ChatClient(http, cluster.gateways[0], uid("t")).login()
+    guild = await guild_with_members(alice)
+    a = await alice.connect()
+    ack = await a.call("message:send", {"channel_id": guild["text_channel"], "content": text, "nonce": "t"})
+    assert ack["ok"], ack
+    assert ack["message"]["content"] in (text, html.escape(text, quote=False))
+    await alice.close()
