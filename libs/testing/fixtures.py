@@ -62,9 +62,18 @@ def start_servers(base: Path) -> Servers:
     return Servers(nats, redis, pg, base)
 
 
-def start_cluster(servers: Servers, name: str, gateways: int = 2, **env: str) -> Cluster:
+def relaxed_rate_limits() -> dict[str, str]:
+    """Rate limits out of the way, for tests about something else."""
+    from services.gateway.settings import GatewaySettings
+
+    return {f"CHAT_RATE_{rule.upper()}": "100000/minute" for rule in GatewaySettings().rate_rules()}
+
+
+def start_cluster(servers: Servers, name: str, gateways: int = 2, default_limits: bool = False,
+                  **env: str) -> Cluster:
+    """``default_limits``: keep the production rate limits (tests of rate limiting)."""
     base_env = {"CHAT_JWT_SECRET": JWT_SECRET, "CHAT_ADMIN_TOKEN": "test-admin-token",
-                "CHAT_LOG_LEVEL": "INFO", **env}
+                "CHAT_LOG_LEVEL": "INFO", **({} if default_limits else relaxed_rate_limits()), **env}
     cluster = Cluster(servers.nats.url, servers.redis.url, servers.new_database(),
                       servers.base / f"logs-{name}", base_env=base_env)
     try:
@@ -103,11 +112,11 @@ def own_stack(run_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
     """Factory: a private set of servers and a cluster, for tests that inject faults."""
     made: list[Stack] = []
 
-    def make(gateways: int = 2, **env: str) -> Stack:
+    def make(gateways: int = 2, default_limits: bool = False, **env: str) -> Stack:
         name = f"{request.node.name[:40]}-{len(made)}".replace("/", "_").replace("[", "_").replace("]", "_")
         srv = start_servers(run_dir / name)
         try:
-            c = start_cluster(srv, name, gateways, **env)
+            c = start_cluster(srv, name, gateways, default_limits, **env)
         except Exception:
             srv.stop()
             raise

@@ -7,16 +7,17 @@ import logging
 from contextlib import AsyncExitStack
 
 import msgspec
-import socketio
 from aiohttp import web
 
 from libs.auth.tokens import TokenVerifier
 from libs.bus import schemas, subjects
+from libs.ratelimit.limiter import RateLimiter
 from libs.service.runner import ProcessContext
 from libs.sio.redis_manager import ResilientRedisManager
 from services.gateway.settings import GatewaySettings
 from services.gateway.transport.http_api import HttpApi
 from services.gateway.transport.ops_routes import GatewayOps
+from services.gateway.transport.sio_server import GatewayServer
 from services.gateway.transport.socket_events import SocketGateway
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,20 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     manager = ResilientRedisManager(s.redis_url, s.sio_channel, backoff=ctx.backoff(),
                                     breaker=ctx.breaker("redis"))
     origins: list[str] | str = list(s.allowed_origins) if s.allowed_origins else ("*" if s.dev_mode else [])
-    sio = socketio.AsyncServer(
+    holder: dict[str, SocketGateway] = {}
+    sio = GatewayServer(
         async_mode="aiohttp", client_manager=manager, cors_allowed_origins=origins,
         ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
         max_http_buffer_size=s.max_frame_bytes, logger=False, engineio_logger=False,
+        connect_timeout_s=s.connect_timeout_s, queue_soft=s.client_queue_soft, queue_hard=s.client_queue_hard,
+        channels_of=lambda sid: sorted(holder["gw"].sessions.get(sid).channels) if holder["gw"].sessions.get(sid) else [],
     )
     bus = await ctx.start_bus(stack)
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
-    gateway = SocketGateway(sio, manager, bus, verifier, trusted_proxy_header=s.trusted_proxy_header)
+    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"))
+    gateway = SocketGateway(sio, manager, bus, verifier, limiter, trusted_proxy_header=s.trusted_proxy_header)
+    holder["gw"] = gateway
     manager.start()
     stack.push_async_callback(manager.stop)
     ctx.readiness.add_check("redis_listener", lambda: manager.listener_up)

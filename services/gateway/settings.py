@@ -23,8 +23,29 @@ class GatewaySettings(CommonSettings):
     ping_timeout_s: float = setting(20.0, "Engine.IO ping timeout")
     max_frame_bytes: int = setting(65536, "Largest Socket.IO frame accepted")
     connect_timeout_s: float = setting(10.0, "Engine.IO sessions that send no CONNECT within this are closed")
+    client_queue_soft: int = setting(200, "Queued packets to one socket past which typing/presence to it are dropped")
+    client_queue_hard: int = setting(1000, "Queued packets to one socket past which it gets sync:required and is disconnected")
     drain_batch: int = setting(100, "Sockets told to reconnect per batch while draining")
     drain_batch_interval_ms: int = setting(200, "Delay between reconnect batches while draining")
+
+    rate_connect: str = setting("10/minute", "Connections per client IP")
+    rate_message_send: str = setting("30/minute", "message:send per user")
+    rate_message_edit: str = setting("10/minute", "message:edit per user")
+    rate_message_delete: str = setting("5/minute", "message:delete per user")
+    rate_typing: str = setting("10/10 seconds", "typing:start per user")
+    rate_presence: str = setting("5/30 seconds", "presence:update per user")
+    rate_voice: str = setting("20/minute", "voice:join, voice:update, voice:leave per user")
+    rate_channel: str = setting("50/minute", "channel:join and channel:leave per user")
+    rate_dm: str = setting("20/minute", "dm:send per user")
+    rate_mod_kick: str = setting("5/5 minutes", "mod:kick per user")
+    rate_mod_ban: str = setting("3/5 minutes", "mod:ban per user")
+    rate_mod_unban: str = setting("5/5 minutes", "mod:unban per user")
+    rate_mod_timeout: str = setting("5/5 minutes", "mod:timeout per user")
+    rate_sync: str = setting("120/minute", "sync per user")
+    rate_invalid: str = setting("60/minute", "unknown events per user")
+
+    def rate_rules(self) -> dict[str, str]:
+        return {f[len("rate_"):]: getattr(self, f) for f in self.__dataclass_fields__ if f.startswith("rate_")}
 
     @property
     def effective_ops_port(self) -> int:
@@ -37,4 +58,11 @@ class GatewaySettings(CommonSettings):
             problems.append("CHAT_JWT_JWKS_URL: required unless CHAT_DEV_MODE=1 with CHAT_JWT_SECRET")
         if not (0 < self.port < 65536):
             problems.append("CHAT_PORT: out of range")
+        from limits import parse
+
+        for rule, spec in self.rate_rules().items():
+            try:
+                parse(spec)
+            except ValueError:
+                problems.append(f"CHAT_RATE_{rule.upper()}: not a rate like '30/minute'")
         return problems

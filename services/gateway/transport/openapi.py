@@ -362,7 +362,7 @@ _PATHS: dict[str, Any] = {
                            "caller's own cannot be changed.",
             "requestBody": _body(_ref("SetRole"), "The new role."),
             "responses": {"200": _json(_ref("Member"), "The member with the new role."),
-                          **_errors(*_AUTHED, "403", "409")},
+                          **_errors(*_AUTHED, "403")},
         },
     },
     "/channels/{channel_id}/messages": {

@@ -25,6 +25,7 @@ from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps
 from libs.errors import ChatError, Internal, Invalid, Unauthorized, Unavailable
 from libs.observability.logging import session_id_var, user_id_var
+from libs.ratelimit.limiter import RateLimiter
 from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
 from services.gateway import metrics
 from services.gateway.adapters.sessions import Session, SessionRegistry
@@ -41,6 +42,7 @@ EventHandler = Callable[[Session, Any], Awaitable[Ack]]
 class EventSpec:
     schema: type
     handler: EventHandler
+    rule: str  # rate-limit rule (GatewaySettings.rate_*)
 
 
 def ok(**data: Any) -> Ack:
@@ -69,12 +71,13 @@ class SocketGateway:
     """Connection lifecycle and event dispatch for one gateway node."""
 
     def __init__(self, sio: socketio.AsyncServer, manager: ResilientRedisManager, bus: Bus,
-                 verifier: TokenVerifier, *, trusted_proxy_header: str = "",
+                 verifier: TokenVerifier, limiter: RateLimiter, *, trusted_proxy_header: str = "",
                  message_max_chars: int = 2000) -> None:
         self.sio = sio
         self.manager = manager
         self.bus = bus
         self.verifier = verifier
+        self.limiter = limiter
         self.trusted_proxy_header = trusted_proxy_header
         self.message_max_chars = message_max_chars
         self.sessions = SessionRegistry()
@@ -89,17 +92,17 @@ class SocketGateway:
     # -- event table -----------------------------------------------------------------------
     def _register_events(self) -> None:
         self.events = {
-            "message:send": EventSpec(p.MessageSend, self.message_send),
-            "channel:join": EventSpec(p.ChannelRef, self.channel_join),
-            "channel:leave": EventSpec(p.ChannelRef, self.channel_leave),
-            "message:edit": EventSpec(p.MessageEdit, self.message_edit),
-            "message:delete": EventSpec(p.MessageDelete, self.message_delete),
-            "dm:send": EventSpec(p.DmSend, self.dm_send),
-            "sync": EventSpec(p.Sync, self.sync),
+            "message:send": EventSpec(p.MessageSend, self.message_send, "message_send"),
+            "message:edit": EventSpec(p.MessageEdit, self.message_edit, "message_edit"),
+            "message:delete": EventSpec(p.MessageDelete, self.message_delete, "message_delete"),
+            "dm:send": EventSpec(p.DmSend, self.dm_send, "dm"),
+            "channel:join": EventSpec(p.ChannelRef, self.channel_join, "channel"),
+            "channel:leave": EventSpec(p.ChannelRef, self.channel_leave, "channel"),
+            "sync": EventSpec(p.Sync, self.sync, "sync"),
         }
 
-    def add_event(self, name: str, schema: type, handler: EventHandler) -> None:
-        self.events[name] = EventSpec(schema, handler)
+    def add_event(self, name: str, schema: type, handler: EventHandler, rule: str) -> None:
+        self.events[name] = EventSpec(schema, handler, rule)
 
     async def request(self, service: str, op: str, payload: Any, reply_type: type) -> Any:
         return await self.bus.request(subjects.service_request(service, op), payload, reply_type)
@@ -110,6 +113,7 @@ class SocketGateway:
         ip = client_ip(environ, self.trusted_proxy_header)
         with _tracer.start_as_current_span("socket.connect"):
             try:
+                await self.limiter.hit("connect", ip)
                 token = auth.get("token") if isinstance(auth, dict) else None
                 ident = await self.verifier.verify(token)
                 user = schemas.UserRef(id=ident.user_id, name=ident.name)
@@ -179,6 +183,7 @@ class SocketGateway:
                 user_id_var.set(session.user_id)
                 session_id_var.set(session.session_id)
                 if spec is None:
+                    await self.limiter.hit("invalid", session.user_id)
                     raise Invalid(f"unknown event {name!r}")
                 if len(args) != 1:
                     raise Invalid("payload: exactly one object argument is expected")
@@ -186,12 +191,15 @@ class SocketGateway:
                     payload = msgspec.convert(args[0], spec.schema)
                 except msgspec.ValidationError as exc:
                     raise Invalid(p.describe_error(exc)) from None
+                await self.limiter.hit(spec.rule, session.user_id)
                 ack = await spec.handler(session, payload)
                 metrics.EVENTS_PROCESSED.labels(label).inc()
                 return ack
             except ChatError as exc:
                 span.set_attribute("chat.error_code", exc.code)
                 metrics.EVENTS_REJECTED.labels(label, exc.code).inc()
+                if exc.code == "rate_limited":
+                    metrics.RATE_LIMITED.labels(label).inc()
                 if label in ("message:send", "dm:send"):
                     metrics.MESSAGES_REJECTED.labels(exc.code).inc()
                 if exc.code not in ("invalid", "rate_limited", "not_found", "forbidden"):

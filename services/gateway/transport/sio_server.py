@@ -1,0 +1,104 @@
+"""python-socketio's AsyncServer with the gateway's protections below the event layer:
+
+* Engine.IO sessions that never send a Socket.IO CONNECT are closed after a timeout;
+* each socket's outbound queue is bounded: past ``soft`` queued packets, typing and
+  presence events to it are dropped; past ``hard`` it gets ``sync:required`` for its
+  channels and is disconnected. Other sockets are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+NO_CONNECT_CLOSED = Counter("chat_gateway_no_connect_closed_total",
+                            "Engine.IO sessions closed for never sending CONNECT")
+SLOW_DROPPED = Counter("chat_gateway_slow_client_dropped_total",
+                       "Low-priority events not sent to slow clients", ["event"])
+SLOW_EVICTED = Counter("chat_gateway_slow_client_evicted_total",
+                       "Slow clients told to sync and disconnected")
+
+DROPPABLE_PREFIXES = ('2["typing"', '2["typing:stop"', '2["presence"')
+
+
+class GatewayServer(socketio.AsyncServer):
+    def __init__(self, *args: Any, connect_timeout_s: float = 10.0, queue_soft: int = 200,
+                 queue_hard: int = 1000, channels_of: Callable[[str], list[str]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout_s = connect_timeout_s
+        self.queue_soft = queue_soft
+        self.queue_hard = queue_hard
+        self.channels_of = channels_of or (lambda sid: [])
+        self._evicting: set[str] = set()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        asyncio.get_running_loop().call_later(
+            self.connect_timeout_s, lambda: asyncio.ensure_future(self._close_if_unconnected(eio_sid)))
+        return result
+
+    async def _close_if_unconnected(self, eio_sid: str) -> None:
+        try:
+            if eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+                NO_CONNECT_CLOSED.inc()
+                log.info("closing an Engine.IO session that never connected", extra={"eio_sid": eio_sid})
+                await self.eio.disconnect(eio_sid)
+        except Exception:
+            log.exception("no-CONNECT check failed")
+
+    # -- bounded per-socket queues ------------------------------------------------------
+    def _admit(self, eio_sid: str, data: Any) -> bool:
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            return True
+        depth = sock.queue.qsize()
+        if depth < self.queue_soft:
+            return True
+        if eio_sid in self._evicting:
+            return False
+        if depth >= self.queue_hard:
+            self._evicting.add(eio_sid)
+            asyncio.ensure_future(self._evict(eio_sid, sock))
+            return False
+        if isinstance(data, str) and data.startswith(DROPPABLE_PREFIXES):
+            SLOW_DROPPED.labels(data[3:data.find('"', 3)]).inc()
+            return False
+        return True
+
+    async def _evict(self, eio_sid: str, sock: Any) -> None:
+        try:
+            SLOW_EVICTED.inc()
+            sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+            log.warning("slow client: %d packets queued; asking it to sync and disconnecting",
+                        sock.queue.qsize(), extra={"sid": sid})
+            if sid is not None:
+                pkt = self.packet_class(socketio.packet.EVENT, namespace="/",
+                                        data=["sync:required", {"channel_ids": sorted(self.channels_of(sid))}])
+                sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, pkt.encode()))
+                await asyncio.sleep(0)
+                await self.disconnect(sid)
+            else:
+                await self.eio.disconnect(eio_sid)
+        except Exception:
+            log.exception("evicting a slow client failed")
+        finally:
+            self._evicting.discard(eio_sid)
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if pkt.packet_type == socketio.packet.EVENT and not self._admit(eio_sid, None):
+            return
+        await super()._send_packet(eio_sid, pkt)
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        if not self._admit(eio_sid, eio_pkt.data):
+            return
+        await super()._send_eio_packet(eio_sid, eio_pkt)
