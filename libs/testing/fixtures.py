@@ -22,6 +22,7 @@ from libs.servers.processes import ManagedServer, NatsServer, PostgresServer, Re
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT_SECRET = "test-secret-0123456789abcdef0123456789"
+ALLOWED_ORIGIN = "http://allowed.example"
 
 
 @dataclass
@@ -102,7 +103,7 @@ def servers(run_dir: Path) -> Iterator[Servers]:
 
 @pytest.fixture(scope="session")
 def cluster(servers: Servers) -> Iterator[Stack]:
-    c = start_cluster(servers, "shared")
+    c = start_cluster(servers, "shared", CHAT_ALLOWED_ORIGINS=ALLOWED_ORIGIN, CHAT_CONNECT_TIMEOUT_S="2")
     yield Stack(servers, c)
     c.stop()
 
