@@ -71,6 +71,11 @@ class Bus:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._task = asyncio.create_task(self._connect_forever(), name="bus-connect")
+        self._prober = self.breaker.start_prober(self._probe, Backoff(
+            initial=self.backoff.initial, maximum=self.backoff.maximum, factor=self.backoff.factor))
+
+    async def _probe(self) -> bool:
+        return self.connected
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
@@ -85,6 +90,8 @@ class Bus:
 
     async def close(self) -> None:
         self._closing = True
+        if getattr(self, "_prober", None) is not None:
+            self._prober.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -160,6 +167,7 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         self.backoff.reset()
+        self.breaker.half_open()
         self.reconnects += 1
         metrics.DEPENDENCY_RECONNECTS.labels("nats").inc()
         self._set_state("up")

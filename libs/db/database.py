@@ -96,6 +96,14 @@ class Database:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._connect_forever(), name="db-connect")
+        self._prober = self.breaker.start_prober(self._probe, Backoff(
+            initial=self.backoff.initial, maximum=self.backoff.maximum, factor=self.backoff.factor))
+
+    async def _probe(self) -> bool:
+        if self.pool is None:
+            return False
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            return bool(await conn.fetchval("SELECT 1"))
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:
@@ -139,6 +147,8 @@ class Database:
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        if getattr(self, "_prober", None) is not None:
+            self._prober.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -94,9 +94,36 @@ class CircuitBreaker:
             self._move("open")
 
     def half_open(self) -> None:
-        """Force half-open (admin recovery)."""
+        """Let probes through now (admin recovery, or a health probe that succeeded)."""
         if self.state == "open":
             self._move("half_open")
+
+    def start_prober(self, probe: Callable[[], Awaitable[bool]], backoff: Any) -> "asyncio.Task[None]":
+        """While open, run ``probe`` on the reconnect backoff schedule (1 s -> 30 s); the
+        first success half-opens the breaker, so recovery does not wait out ``open_s``
+        once the dependency is back. Returns the task (cancel it on shutdown)."""
+        import asyncio
+
+        async def run() -> None:
+            while True:
+                if self.state != "open":
+                    backoff.reset()
+                    await asyncio.sleep(0.5)
+                    continue
+                await asyncio.sleep(backoff.next_delay())
+                if self.state != "open":
+                    continue
+                try:
+                    ok = await asyncio.wait_for(probe(), 3)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    ok = False
+                if ok:
+                    log.info("breaker %s: probe succeeded", self.name)
+                    self.half_open()
+
+        return asyncio.create_task(run(), name=f"breaker-prober-{self.name}")
 
     def retry_after_s(self) -> float:
         if self.state != "open":

@@ -50,6 +50,11 @@ class ProcessContext:
                        factor=s.backoff_factor, down_after=s.backoff_down_after)
 
     def breaker(self, name: str) -> CircuitBreaker:
+        """The process's one breaker for dependency ``name`` (created on first use)."""
+        from libs.resilience.breaker import REGISTRY
+
+        if name in REGISTRY:
+            return REGISTRY[name]
         s = self.settings
         return CircuitBreaker(name, failures=s.breaker_failures, open_s=s.breaker_open_s,
                               half_open_probes=s.breaker_half_open_probes,

@@ -102,6 +102,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             self.initialize()  # starts python-socketio's listener thread (our _listen)
             self._tasks.append(asyncio.create_task(self._watchdog(), name="adapter-watchdog"))
         self._tasks.append(asyncio.create_task(self._drain_forever(), name="adapter-drain"))
+        self._tasks.append(self.breaker.start_prober(self._ping, Backoff(
+            initial=self.backoff.initial, maximum=self.backoff.maximum, factor=self.backoff.factor)))
 
     def initialize(self) -> None:
         if getattr(self, "_initialized", False):
@@ -155,7 +157,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             self._wakeup.clear()
             while len(self.queue):
                 if not self.breaker.allow():
-                    await asyncio.sleep(min(1.0, self.breaker.retry_after_s() or 1.0))
+                    await asyncio.sleep(0.25)  # the prober half-opens it when Redis answers
                     continue
                 batch = self.queue.take(self.batch_size)
                 if not batch:
@@ -190,6 +192,13 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 lossy = self.queue.take_lossy_rooms()
                 if lossy:
                     await self._announce_loss(lossy)
+
+    async def _ping(self) -> bool:
+        try:
+            return bool(await self._publisher().ping())
+        except Exception:
+            await self._reset_publisher()
+            return False
 
     async def _reset_publisher(self) -> None:
         conn, self._pub_redis = self._pub_redis, None
@@ -229,6 +238,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                     self.reconnects += 1
                     metrics.DEPENDENCY_RECONNECTS.labels("redis").inc()
                 self.listen_backoff.reset()
+                self.breaker.half_open()  # Redis answers again: stop failing fast
                 log.info("redis listener subscribed")
                 if not first:
                     await self._after_gap()

@@ -40,7 +40,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     bus = await ctx.start_bus(stack)
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
-    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"))
+    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis"))
     gateway = SocketGateway(sio, manager, bus, verifier, limiter, trusted_proxy_header=s.trusted_proxy_header)
     holder["gw"] = gateway
     manager.start()
