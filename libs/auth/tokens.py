@@ -23,6 +23,15 @@ SUB_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 REQUIRED_CLAIMS = ["sub", "exp", "iat", "aud", "iss"]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def display_name(raw: Any, fallback: str) -> str:
+    """A printable display name of at most 64 characters (control characters removed)."""
+    name = _CONTROL.sub("", raw).strip()[:64] if isinstance(raw, str) else ""
+    return name or fallback
+
+
 @dataclass(frozen=True)
 class Identity:
     user_id: str
@@ -35,7 +44,7 @@ def issue_dev_token(secret: str, *, sub: str, name: str, audience: str, issuer: 
     if not SUB_RE.match(sub):
         raise ValueError("sub must be 1-64 chars of [A-Za-z0-9_.-]")
     t = int(now if now is not None else time.time())
-    claims = {"sub": sub, "name": name or sub, "aud": audience, "iss": issuer,
+    claims = {"sub": sub, "name": display_name(name, sub), "aud": audience, "iss": issuer,
               "iat": t, "exp": t + ttl_s}
     return jwt.encode(claims, secret, algorithm="HS256")
 
@@ -78,10 +87,7 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not SUB_RE.match(sub):
             raise Unauthorized("invalid subject")
-        name = claims.get("name")
-        if not isinstance(name, str) or not name.strip():
-            name = sub
-        return Identity(user_id=sub, name=name.strip()[:64], expires_at=float(claims["exp"]))
+        return Identity(user_id=sub, name=display_name(claims.get("name"), sub), expires_at=float(claims["exp"]))
 
     async def _signing_key(self, token: str) -> Any:
         assert self._jwks is not None

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -126,13 +127,20 @@ async def test_served_document_is_the_module_and_covers_every_route(cluster: Sta
             assert expected <= statuses, (method, path, expected - statuses)
 
 
+def _operations(schema: Any) -> list[Any]:
+    ops = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        ops.append(result.ok())
+    return ops
+
+
 def test_schema_is_valid_openapi() -> None:
-    schema = schemathesis.openapi.from_dict(OPENAPI)
-    ops = [r.ok() for r in schema.get_all_operations()]
+    ops = _operations(schemathesis.openapi.from_dict(OPENAPI))
     assert len(ops) == len(_documented())
 
 
-def _real_path_parameters(world: World, names: set[str], path: str) -> list[dict[str, str]]:
+def _real_path_parameters(world: World, names: set[str]) -> list[dict[str, str]]:
     """Sets of path parameters that name existing things, so calls reach real data."""
     values: dict[str, list[str]] = {
         "guild_id": [world.guild_id],
@@ -148,6 +156,51 @@ def _real_path_parameters(world: World, names: set[str], path: str) -> list[dict
     return out
 
 
+@dataclass
+class Fuzz:
+    """One schemathesis run against a live gateway: the calls made and what they answered."""
+
+    world: World
+    base_url: str
+    session: requests.Session
+    auths: st.SearchStrategy[dict[str, str]]
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.statuses: dict[str, Counter[int]] = defaultdict(Counter)
+
+    def strategies(self, op: Any) -> list[st.SearchStrategy[Any]]:
+        names = {p.name for p in op.path_parameters}
+        out = [op.as_strategy(GenerationMode.POSITIVE)]
+        out += [op.as_strategy(GenerationMode.POSITIVE, path_parameters=real)
+                for real in _real_path_parameters(self.world, names)]
+        if names or op.query or op.body:
+            out.append(op.as_strategy(GenerationMode.NEGATIVE))
+        return out
+
+    def run(self, op: Any, budget_s: float) -> None:
+        """Raises schemathesis' FailureGroup (or the transport's error) on the first failure."""
+        stop_at = time.monotonic() + budget_s
+
+        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @given(case=st.one_of(self.strategies(op)), headers=self.auths)
+        def call(case: Any, headers: dict[str, str]) -> None:
+            if time.monotonic() > stop_at:
+                return
+            self.calls += 1
+            response = case.call(base_url=self.base_url, session=self.session, headers=headers, timeout=10)
+            self.statuses[op.label][response.status_code] += 1
+            case.validate_response(response, checks=CHECKS, headers=headers,
+                                   transport_kwargs={"base_url": self.base_url, "headers": headers})
+
+        call()
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
+          content_type_conformance]
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, BaseExceptionGroup):
@@ -159,55 +212,70 @@ def test_schemathesis_against_live_gateway(world: World) -> None:
     # Loaded from the served copy; from_url would leave out the operation that serves it.
     served = requests.get(f"{world.base}/api/v1/openapi.json", timeout=10)
     assert served.status_code == 200
-    schema = schemathesis.openapi.from_dict(served.json())
-    base_url = f"{world.base}/api/v1"
-    good = {"Authorization": f"Bearer {world.token}"}
-    auths = st.sampled_from([good, good, good, good, {}, {"Authorization": "Bearer not-a-jwt"}])
-    checks = [not_a_server_error, response_schema_conformance, status_code_conformance,
-              content_type_conformance]
-    session = requests.Session()
-    failures: list[str] = []
-    calls = 0
-    statuses: dict[str, Counter[int]] = defaultdict(Counter)
-    deadline = time.monotonic() + TIME_BUDGET_S
-    ops = [r.ok() for r in schema.get_all_operations()]
+    ops = _operations(schemathesis.openapi.from_dict(served.json()))
     assert ops
-    per_op_budget = TIME_BUDGET_S / len(ops)
-
+    good = {"Authorization": f"Bearer {world.token}"}
+    fuzz = Fuzz(world, f"{world.base}/api/v1", requests.Session(),
+                st.sampled_from([good, good, good, good, {}, {"Authorization": "Bearer not-a-jwt"}]))
+    failures: list[str] = []
+    deadline = time.monotonic() + TIME_BUDGET_S
     for op in ops:
         if time.monotonic() > deadline:
             failures.append(f"time budget exhausted before {op.label}")
             break
-        names = {p.name for p in op.path_parameters}
-        strategies = [op.as_strategy(GenerationMode.POSITIVE)]
-        strategies += [op.as_strategy(GenerationMode.POSITIVE, path_parameters=real)
-                       for real in _real_path_parameters(world, names, op.path)]
-        if names or op.query or op.body:
-            strategies.append(op.as_strategy(GenerationMode.NEGATIVE))
-        op_deadline = time.monotonic() + per_op_budget
-
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=False,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
-        @given(case=st.one_of(strategies), headers=auths)
-        def run(case: Any, headers: dict[str, str]) -> None:
-            nonlocal calls
-            if time.monotonic() > op_deadline:
-                return
-            calls += 1
-            response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
-            statuses[op.label][response.status_code] += 1
-            case.validate_response(response, checks=checks, headers=headers,
-                                   transport_kwargs={"base_url": base_url, "headers": headers})
-
         try:
-            run()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # FailureGroup is a BaseExceptionGroup; report every operation
+            fuzz.run(op, TIME_BUDGET_S / len(ops))
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - report them all
+
             failures.append(f"{op.label}:\n{_describe(exc)}")
 
-    assert calls >= len(ops) * 5, f"only {calls} calls were made"
-    print("\n".join(f"{label}: {dict(sorted(c.items()))}" for label, c in statuses.items()))
-    no_success = [op.label for op in ops if not any(200 <= s < 300 for s in statuses[op.label])]
+    print("\n".join(f"{label}: {dict(sorted(c.items()))}" for label, c in fuzz.statuses.items()))
+    assert fuzz.calls >= len(ops) * 5, f"only {fuzz.calls} calls were made"
     assert not failures, "\n\n".join(failures)
+    no_success = [op.label for op in ops if not any(200 <= s < 300 for s in fuzz.statuses[op.label])]
     assert not no_success, f"operations that never succeeded: {no_success}"
+
+
+def _dev_token(base: str, sub: str, name: str) -> str:
+    r = requests.post(f"{base}/api/v1/dev/token", json={"sub": sub, "name": name}, timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
+def _is_contract_error(r: requests.Response, statuses: set[int]) -> None:
+    assert r.status_code in statuses, (r.status_code, r.text)
+    assert r.headers.get("Content-Type", "").startswith("application/json"), r.headers
+    body = r.json()
+    assert body["error"]["code"] in OPENAPI["components"]["schemas"]["Error"]["properties"]["error"][
+        "properties"]["code"]["enum"], body
+
+
+# Inputs outside the documented schemas, that the fuzzer does not generate: each must still
+# get a documented 4xx error with a JSON body.
+EDGE_CASES = ["invite_code_nul", "member_id_nul", "display_name_nul", "chunked_oversized_body"]
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_edge_inputs_get_contract_errors(world: World, case: str) -> None:
+    api = f"{world.base}/api/v1"
+    auth = {"Authorization": f"Bearer {world.token}"}
+    if case == "invite_code_nul":
+        r = requests.post(f"{api}/invites/a%00b", headers=auth, timeout=10)
+        _is_contract_error(r, {400, 404})
+    elif case == "member_id_nul":
+        r = requests.put(f"{api}/guilds/{world.guild_id}/members/a%00b", json={"role": "member"},
+                         headers=auth, timeout=10)
+        _is_contract_error(r, {400, 404})
+    elif case == "display_name_nul":
+        token = _dev_token(world.base, uid("nul"), "a\x00b")
+        r = requests.get(f"{api}/users/@me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code in (200, 400, 401), (r.status_code, r.text)
+    elif case == "chunked_oversized_body":
+        def chunks():  # no Content-Length: the size is only known while reading
+            yield b'{"name": "'
+            for _ in range(100):
+                yield b"x" * 1024
+            yield b'"}'
+        r = requests.post(f"{api}/guilds", data=chunks(),
+                          headers={**auth, "Content-Type": "application/json"}, timeout=10)
+        _is_contract_error(r, {400, 413})

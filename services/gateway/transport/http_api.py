@@ -115,6 +115,8 @@ class HttpApi:
                 elif exc.status == 405:
                     resp = json_error(Invalid("method not allowed"))
                     resp.set_status(405)
+                elif 400 <= exc.status < 500:
+                    resp = json_error(Invalid(exc.reason or "bad request"))  # e.g. 413: body too large
                 else:
                     raise
             except ChatError as exc:
@@ -196,7 +198,8 @@ class HttpApi:
     async def set_role(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         member = await self._req(MessagingOps.MEMBER_ROLE, schemas.SetRole(
-            user=request[USER_KEY], guild_id=request.match_info["guild_id"], user_id=request.match_info["user_id"],
+            user=request[USER_KEY], guild_id=request.match_info["guild_id"],
+            user_id=_user_id(request.match_info["user_id"]),
             role=str_field(body, "role", 16)), schemas.Member)
         return json_ok(member)
 

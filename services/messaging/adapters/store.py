@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -17,11 +18,14 @@ from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, 
 ROLE_RANK = {"member": 0, "moderator": 1, "admin": 2, "owner": 3}
 
 
+_ID_RE = re.compile(r"^[0-9]{1,19}$")
+
+
 def _id(value: str, what: str) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise NotFound(f"{what} not found") from None
+    """A public id (decimal ASCII digits) as the bigint key; NotFound for anything else."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise NotFound(f"{what} not found")
+    n = int(value)
     if n <= 0 or n >= 2**63:
         raise NotFound(f"{what} not found")
     return n

@@ -45,5 +45,4 @@ def clean_content(text: str) -> str:
 
 def clean_plain(text: str, max_len: int) -> str:
     """Short plain fields (names, titles): normalised and markup-free."""
-    text = neutralise_markup(normalise(text))
-    return text[:max_len]
+    return neutralise_markup(normalise(text)[:max_len])

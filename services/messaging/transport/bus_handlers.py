@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps as Ops
-from libs.errors import Invalid
+from libs.errors import Invalid, NotFound
 from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
 from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
@@ -20,6 +21,7 @@ from services.messaging.domain import content as rules
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
+INVITE_CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MESSAGES_STORED = Counter("chat_messaging_messages_stored_total", "Messages committed")
 MESSAGES_DUPLICATE = Counter("chat_messaging_messages_duplicate_total", "Sends answered from an earlier nonce")
@@ -160,8 +162,8 @@ class MessagingHandlers:
         return schemas.InviteReply(code=await self.guilds.create_invite(req.user, req.guild_id))
 
     async def invite_accept(self, req: schemas.AcceptInvite) -> schemas.Guild:
-        if not (1 <= len(req.code) <= 64):
-            raise Invalid("code: must be 1-64 characters")
+        if not INVITE_CODE_RE.match(req.code):
+            raise NotFound("invite not found")
         guild, _joined = await self.guilds.accept_invite(req.user, req.code)
         await self._join_rooms([req.user.id], [c.id for c in guild.channels])
         return guild
