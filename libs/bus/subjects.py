@@ -42,6 +42,11 @@ def node_heartbeat() -> str:
     return "chat.node.heartbeat"
 
 
+def presence_events() -> str:
+    """Presence announcements other services react to (a user's last session ended)."""
+    return "chat.presence.events"
+
+
 def domain_event(kind: str) -> str:
     """``message.created`` -> ``chat.events.message.created``."""
     return f"chat.events.{kind}"
@@ -74,6 +79,30 @@ class MessagingOps:
     FRIENDS_LIST = "friends_list"
     FRIEND_PUT = "friend_put"
     FRIEND_DELETE = "friend_delete"
+
+
+class PresenceOps:
+    SESSION_OPEN = "session_open"
+    SESSION_CLOSE = "session_close"
+    UPDATE = "update"
+    TYPING_START = "typing_start"
+    TYPING_STOP = "typing_stop"
+    QUERY = "query"
+
+
+class ModerationOps:
+    KICK = "kick"
+    BAN = "ban"
+    UNBAN = "unban"
+    TIMEOUT = "timeout"
+    CHECK_CONNECT = "check_connect"
+
+
+class VoiceOps:
+    JOIN = "join"
+    UPDATE = "update"
+    LEAVE = "leave"
+    SESSION_GONE = "session_gone"
 
 
 class ServiceOps:

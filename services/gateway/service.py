@@ -17,6 +17,7 @@ from libs.sio.redis_manager import ResilientRedisManager
 from services.gateway.settings import GatewaySettings
 from services.gateway.transport.http_api import HttpApi
 from services.gateway.transport.ops_routes import GatewayOps
+from services.gateway.transport import mod_events, presence_events, voice_events
 from services.gateway.transport.sio_server import GatewayServer
 from services.gateway.transport.socket_events import SocketGateway
 
@@ -47,11 +48,22 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     stack.push_async_callback(manager.stop)
     ctx.readiness.add_check("redis_listener", lambda: manager.listener_up)
 
+    mod_events.register(gateway)
+    voice_events.register(gateway)
+    presence_events.register(gateway)
+
     async def on_control(msg) -> None:  # type: ignore[no-untyped-def]
+        ok = True
         try:
             await gateway.apply_control(_control_decoder.decode(msg.data))
         except Exception:
+            ok = False
             log.exception("bad gateway control message")
+        if msg.reply:  # a service waiting for every node to have acted
+            try:
+                await msg.respond(b'{"ok":true,"node":"%s"}' % ctx.node_id.encode() if ok else b'{"ok":false}')
+            except Exception:
+                pass
 
     await bus.subscribe(subjects.gateway_broadcast(), on_control)
     await bus.subscribe(subjects.gateway_control(ctx.node_id), on_control)

@@ -36,6 +36,10 @@ _tracer = trace.get_tracer(__name__)
 
 Ack = dict[str, Any]
 EventHandler = Callable[[Session, Any], Awaitable[Ack]]
+# Runs after a socket is gone; ``last`` is True when it was the user's last socket on this node.
+DisconnectHook = Callable[[Session, bool], Awaitable[None]]
+# Runs during connect once the user is known; raises a ChatError (e.g. Banned) to refuse.
+ConnectCheck = Callable[[schemas.UserRef, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class SocketGateway:
         self.sessions = SessionRegistry()
         self._pending_ready: dict[str, Ack] = {}
         self.events: dict[str, EventSpec] = {}
+        self.disconnect_hooks: list[DisconnectHook] = []
+        self.connect_checks: list[ConnectCheck] = []
+        self.connect_hooks: list[Callable[[Session, schemas.ReadyReply, dict[str, Any]], Awaitable[None]]] = []
         self._register_events()
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
@@ -118,6 +125,8 @@ class SocketGateway:
                 ident = await self.verifier.verify(token)
                 user = schemas.UserRef(id=ident.user_id, name=ident.name)
                 user_id_var.set(user.id)
+                for check in self.connect_checks:
+                    await check(user, ip)
                 ready = await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
                                            schemas.ReadyReply)
             except ChatError as exc:
@@ -145,6 +154,11 @@ class SocketGateway:
                 "presences": [],
                 "limits": {"message_max_chars": self.message_max_chars},
             }
+            for hook in self.connect_hooks:
+                try:
+                    await hook(session, ready, self._pending_ready[sid])
+                except Exception:
+                    log.exception("connect hook failed")
             metrics.CONNECTIONS_TOTAL.inc()
             metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
             log.info("connected in %.0f ms", (time.perf_counter() - started) * 1000,
@@ -162,10 +176,18 @@ class SocketGateway:
             session = self.sessions.remove(sid)
             metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
             metrics.DISCONNECTS.labels(str(reason or "unknown")).inc()
-            if session is not None:
-                metrics.CLEANUP_OPS.labels("rooms").inc(len(session.channels) + 1)
-                log.info("disconnected (%s)", reason, extra={"sid": sid, "user_id": session.user_id,
-                                                             "session_id": session.session_id})
+            if session is None:
+                return
+            metrics.CLEANUP_OPS.labels("rooms").inc(len(session.channels) + 1)
+            log.info("disconnected (%s)", reason, extra={"sid": sid, "user_id": session.user_id,
+                                                         "session_id": session.session_id})
+            last = not self.sessions.sids_of(session.user_id)
+            for hook in self.disconnect_hooks:
+                try:
+                    await hook(session, last)
+                    metrics.CLEANUP_OPS.labels(getattr(hook, "__name__", "hook")).inc()
+                except Exception:
+                    log.exception("disconnect cleanup hook failed", extra={"sid": sid})
         except Exception:
             log.exception("disconnect cleanup failed", extra={"sid": sid})
 

@@ -1,0 +1,5 @@
+"""Bus messages of the presence service."""
+
+from __future__ import annotations
+
+from libs.bus.schemas.core import Struct, UserRef  # noqa: F401

@@ -1,0 +1,9 @@
+"""Gateway side of the presence events (filled in with the presence feature)."""
+
+from __future__ import annotations
+
+from services.gateway.transport.socket_events import SocketGateway
+
+
+def register(gw: SocketGateway) -> None:
+    """Add this feature's client events, connect checks and disconnect hooks to gw."""
