@@ -119,6 +119,7 @@ class Store:
         row, _role = await self.channel_for_member(conn, req.user.id, req.channel_id)
         if row["kind"] == "voice":
             raise Invalid("channel_id: cannot send messages to a voice channel")
+        await self.check_not_timed_out(conn, row, req.user.id)
         cid = row["id"]
         reply_to = None
         if req.reply_to is not None:
@@ -144,6 +145,16 @@ class Store:
         await self.append_event(conn, cid, seq, "message:created", int(msg.id),
                                 {"channel_id": str(cid), "seq": seq, "message": msg})
         return msg
+
+    @staticmethod
+    async def check_not_timed_out(conn: asyncpg.Connection, channel: Any, user_id: str) -> None:
+        if channel["guild_id"] is None:
+            return
+        until = await conn.fetchval(
+            "SELECT until FROM guild_timeouts WHERE guild_id = $1 AND user_id = $2 AND until > now()",
+            channel["guild_id"], user_id)
+        if until is not None:
+            raise Forbidden(f"you are timed out in this guild until {iso(until)}")
 
     async def _check_mentions(self, conn: asyncpg.Connection, channel: Any, mentions: list[str]) -> None:
         if channel["kind"] == "dm":
@@ -206,6 +217,7 @@ class Store:
             row = await self._locked_message(conn, chan["id"], message_id)
             if row["deleted_at"] is not None:
                 raise Conflict("message was deleted")
+            await self.check_not_timed_out(conn, chan, user.id)
             if row["author_id"] != user.id:
                 raise Forbidden("only the author can edit a message")
             seq = await self._next_seq(conn, chan["id"])
