@@ -88,6 +88,7 @@ class PresenceOps:
     TYPING_START = "typing_start"
     TYPING_STOP = "typing_stop"
     QUERY = "query"
+    NODE_SESSIONS = "node_sessions"
 
 
 class ModerationOps:

@@ -46,6 +46,14 @@ def user_room(user_id: str) -> str:
     return USER_ROOM_PREFIX + user_id
 
 
+GUILD_ROOM_PREFIX = "g:"
+
+
+def guild_room(guild_id: str) -> str:
+    """Every member socket of a guild: presence and member events go here."""
+    return GUILD_ROOM_PREFIX + str(guild_id)
+
+
 class _OrjsonCodec:
     """JSON for adapter messages (faster than the stdlib)."""
 

@@ -42,7 +42,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
     limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis"))
-    gateway = SocketGateway(sio, manager, bus, verifier, limiter, trusted_proxy_header=s.trusted_proxy_header)
+    gateway = SocketGateway(sio, manager, bus, verifier, limiter, node_id=ctx.node_id,
+                            trusted_proxy_header=s.trusted_proxy_header)
     holder["gw"] = gateway
     manager.start()
     stack.push_async_callback(manager.stop)
@@ -51,6 +52,14 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     mod_events.register(gateway)
     voice_events.register(gateway)
     presence_events.register(gateway)
+    jobs = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in gateway.background]
+
+    async def stop_jobs() -> None:
+        for t in jobs:
+            t.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    stack.push_async_callback(stop_jobs)
 
     async def on_control(msg) -> None:  # type: ignore[no-untyped-def]
         ok = True

@@ -1,15 +1,80 @@
-"""Presence process: its bus connection, queue-group handlers and ops endpoints."""
+"""Presence process: Redis state, the room emitter, bus handlers and the sweepers
+(typing expiry, dead gateway nodes, stale sessions)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+
+import redis.asyncio as aioredis
 
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
+from libs.sio.redis_manager import ResilientRedisManager
+from services.presence.adapters.presence_store import PresenceStore
+from services.presence.presence import PresenceService
+from services.presence.settings import PresenceSettings
+from services.presence.transport.bus_handlers import PresenceHandlers
+
+log = logging.getLogger(__name__)
 
 
 async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
+    s: PresenceSettings = ctx.settings
+    redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=s.redis_timeout_s,
+                                    socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True,
+                                    health_check_interval=10)
+    stack.push_async_callback(redis.aclose)
+    breaker = ctx.breaker("redis")
+    emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True, backoff=ctx.backoff(), breaker=breaker)
+    emitter.start()
+    stack.push_async_callback(emitter.stop)
     bus = await ctx.start_bus(stack)
+    presence = PresenceService(PresenceStore(redis, s.key_ttl_s), emitter, bus,
+                               typing_ttl_s=s.typing_ttl_s, node_timeout_s=s.node_timeout_s)
+    handlers = PresenceHandlers(presence, bus, breaker, s.redis_timeout_s)
+    await handlers.register()
     await register_ping(ctx)
+
+    async def typing_loop() -> None:
+        while True:
+            nxt = await guarded(handlers, presence.sweep_typing)
+            wait = s.typing_sweep_s if nxt is None else min(s.typing_sweep_s, max(0.05, nxt - time.time()))
+            presence.typing_wakeup.clear()
+            try:
+                await asyncio.wait_for(presence.typing_wakeup.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await guarded(handlers, job)
+
+    tasks = [asyncio.create_task(typing_loop(), name="typing-sweep"),
+             asyncio.create_task(every(s.node_check_s, presence.check_nodes), name="node-check"),
+             asyncio.create_task(every(s.stale_sweep_s, presence.sweep_stale), name="stale-sweep")]
+
+    async def stop_tasks() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    stack.push_async_callback(stop_tasks)
     ctx.drain_hooks.append(bus.unsubscribe_all)
-    add_status_routes(ctx, lambda: {"nats": bus.health()})
+    add_status_routes(ctx, lambda: {"redis": emitter.health(), "nats": bus.health()})
+
+
+async def guarded(handlers: PresenceHandlers, job: Callable[[], Awaitable[object]]) -> object:
+    """Run a sweeper job; a Redis outage or a bug is logged, never fatal."""
+    try:
+        async with handlers.redis():
+            return await job()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("presence job %s failed: %s", getattr(job, "__name__", job), exc)
+        return None

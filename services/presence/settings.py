@@ -11,3 +11,10 @@ from libs.config.settings import setting
 @dataclass(frozen=True)
 class PresenceSettings(CommonSettings):
     ops_port: int = setting(9102, "Port of the ops HTTP server")
+    node_timeout_s: float = setting(15.0, "A gateway node silent this long is dead; its sessions are removed")
+    node_check_s: float = setting(2.0, "How often node liveness is checked")
+    typing_ttl_s: float = setting(15.0, "Typing state expires after this long without typing:start")
+    typing_sweep_s: float = setting(60.0, "Longest wait between typing sweeps (expiries are also scheduled)")
+    stale_sweep_s: float = setting(300.0, "Sweep of sessions whose node is gone, and of orphaned keys")
+    redis_timeout_s: float = setting(1.0, "Timeout of each Redis call")
+    key_ttl_s: int = setting(86400, "TTL of per-user presence keys (refreshed while connected)")

@@ -7,7 +7,31 @@ from dataclasses import dataclass
 from libs.config.common import CommonSettings
 from libs.config.settings import setting
 
+DEV_LIVEKIT_SECRET = "secret"
+
 
 @dataclass(frozen=True)
 class VoiceBridgeSettings(CommonSettings):
-    ops_port: int = setting(9103, "Port of the ops HTTP server")
+    ops_port: int = setting(9103, "Port of the ops HTTP server (also serves POST /livekit/webhook)")
+    livekit_url: str = setting("ws://127.0.0.1:7880", "LiveKit server URL handed to clients and used for server API calls")
+    livekit_api_key: str = setting("devkey", "LiveKit API key (issuer of access tokens, checked on webhooks)")
+    livekit_api_secret: str = setting(DEV_LIVEKIT_SECRET, "LiveKit API secret; the default is for dev mode only",
+                                      secret=True)
+    livekit_timeout_s: float = setting(2.0, "Timeout of one LiveKit server API call")
+    livekit_token_ttl_s: int = setting(3600, "Lifetime of a LiveKit access token")
+    voice_state_ttl_s: int = setting(3600, "TTL of a voice state in Redis; refreshed while its session lives")
+    voice_redis_timeout_s: float = setting(1.0, "Timeout of one Redis call of the voice state store")
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if not self.dev_mode and self.livekit_api_secret == DEV_LIVEKIT_SECRET:
+            problems.append("CHAT_LIVEKIT_API_SECRET: set a real secret outside dev mode")
+        if not self.livekit_api_key:
+            problems.append("CHAT_LIVEKIT_API_KEY: must not be empty")
+        if self.voice_state_ttl_s < 30:
+            problems.append("CHAT_VOICE_STATE_TTL_S: must be at least 30")
+        if self.livekit_token_ttl_s < 60:
+            problems.append("CHAT_LIVEKIT_TOKEN_TTL_S: must be at least 60")
+        if self.livekit_timeout_s <= 0 or self.voice_redis_timeout_s <= 0:
+            problems.append("CHAT_LIVEKIT_TIMEOUT_S and CHAT_VOICE_REDIS_TIMEOUT_S: must be > 0")
+        return problems

@@ -8,7 +8,7 @@ from libs.config.settings import ConfigError, check_config, load
 from libs.errors import RateLimited, from_dict
 from services.gateway.domain import payloads as p
 from services.gateway.settings import GatewaySettings
-from services.messaging.domain.content import clean_content
+from libs.validation.text import clean_content
 from services.messaging.settings import MessagingSettings
 
 

@@ -109,6 +109,8 @@ class ReadyReply(Struct):
     user: UserRef
     guilds: list[GuildSummary]
     channels: list[Channel]
+    friend_ids: list[str] = []
+    contact_ids: list[str] = []  # friends and co-members (capped), whose presence `ready` shows
 
 
 class SendMessage(Struct):
@@ -174,11 +176,13 @@ def dumps(obj: Any) -> bytes:
 # -- gateway control (broadcast to every gateway node) -------------------------------------
 class GatewayControl(Struct):
     """``join`` / ``leave``: make every local socket of ``user_ids`` enter or leave the
-    rooms of ``channel_ids``; ``disconnect``: disconnect those users' sockets."""
+    rooms of ``channel_ids`` and ``guild_ids``; ``disconnect``: disconnect those users'
+    sockets; ``presence_resync``: re-register every local session with presence."""
 
     op: str
     user_ids: list[str]
     channel_ids: list[str] = []
+    guild_ids: list[str] = []
     reason: str | None = None
 
 

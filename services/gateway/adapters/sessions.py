@@ -16,6 +16,8 @@ class Session:
     session_id: str
     ip: str
     channels: set[str] = field(default_factory=set)
+    guilds: set[str] = field(default_factory=set)
+    friends: set[str] = field(default_factory=set)
     connected_at: float = field(default_factory=time.time)
 
 

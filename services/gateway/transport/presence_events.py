@@ -1,9 +1,114 @@
-"""Gateway side of the presence events (filled in with the presence feature)."""
+"""Gateway side of presence and typing: session registration (and the presences in
+`ready`), `typing:start`, `presence:update`, typing ended by a sent message, node
+heartbeats, and re-registration when presence asks for it."""
 
 from __future__ import annotations
 
-from services.gateway.transport.socket_events import SocketGateway
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter
+
+from libs.bus import schemas, subjects
+from libs.bus.subjects import PresenceOps as Ops
+from libs.errors import NotFound
+from libs.validation.text import clean_plain
+from libs.sio.redis_manager import channel_room
+from services.gateway.adapters.sessions import Session
+from services.gateway.domain import payloads as p
+from services.gateway.transport.socket_events import Ack, SocketGateway, ok
+
+log = logging.getLogger(__name__)
+
+PRESENCE_FAILURES = Counter("chat_gateway_presence_failures_total", "Presence calls that failed", ["op"])
+TYPING_SECONDS = 10
+HEARTBEAT_S = 5.0
+RESYNC_CHUNK = 500
 
 
 def register(gw: SocketGateway) -> None:
-    """Add this feature's client events, connect checks and disconnect hooks to gw."""
+    feature = PresenceFeature(gw)
+    gw.connect_hooks.append(feature.on_connect)
+    gw.disconnect_hooks.append(feature.on_disconnect)
+    gw.add_event("typing:start", p.ChannelRef, feature.typing_start, "typing")
+    gw.add_event("presence:update", p.PresenceUpdate, feature.presence_update, "presence")
+    send = gw.events["message:send"]
+    gw.add_event("message:send", send.schema, feature.after_send(send.handler), send.rule)
+    gw.control_ops["presence_resync"] = feature.resync
+    gw.background.append(feature.heartbeat_loop)
+
+
+class PresenceFeature:
+    def __init__(self, gw: SocketGateway) -> None:
+        self.gw = gw
+
+    def _open(self, s: Session, contacts: list[str], announce: bool = True) -> schemas.SessionOpen:
+        return schemas.SessionOpen(user=schemas.UserRef(id=s.user_id, name=s.name), session_id=s.session_id,
+                                   node=self.gw.node_id, guild_ids=sorted(s.guilds), friend_ids=sorted(s.friends),
+                                   contact_ids=contacts, announce=announce)
+
+    async def _call(self, op: str, req: Any, reply: type = schemas.Empty) -> Any:
+        try:
+            return await self.gw.request("presence", op, req, reply)
+        except Exception as exc:
+            PRESENCE_FAILURES.labels(op).inc()
+            log.warning("presence %s failed: %s", op, exc)
+            return None
+
+    async def on_connect(self, s: Session, ready: schemas.ReadyReply, payload: dict[str, Any]) -> None:
+        reply = await self._call(Ops.SESSION_OPEN, self._open(s, ready.contact_ids), schemas.SessionOpenReply)
+        if reply is not None:
+            payload["presences"] = msgspec.to_builtins(reply.presences)
+
+    async def on_disconnect(self, s: Session, last: bool) -> None:
+        await self._call(Ops.SESSION_CLOSE, schemas.SessionClose(user_id=s.user_id, session_id=s.session_id,
+                                                                 node=self.gw.node_id))
+
+    async def typing_start(self, s: Session, m: p.ChannelRef) -> Ack:
+        if m.channel_id not in s.channels:
+            raise NotFound("channel not found")
+        await self.gw.sio.emit("typing", {"channel_id": m.channel_id, "user_id": s.user_id,
+                                          "expires_in_ms": TYPING_SECONDS * 1000},
+                               room=channel_room(m.channel_id), skip_sid=s.sid)
+        await self._call(Ops.TYPING_START, schemas.TypingRequest(user_id=s.user_id, channel_id=m.channel_id))
+        return ok()
+
+    async def presence_update(self, s: Session, m: p.PresenceUpdate) -> Ack:
+        activity = None
+        if m.activity is not None:
+            activity = schemas.Activity(name=clean_plain(m.activity.name, 128), kind=clean_plain(m.activity.kind, 32))
+        await self.gw.request("presence", Ops.UPDATE, schemas.PresenceUpdate(
+            user_id=s.user_id, status=m.status, activity=activity), schemas.Empty)
+        return ok()
+
+    def after_send(self, handler: Any) -> Any:
+        """message:send ends the sender's typing in that channel."""
+        async def send(s: Session, m: p.MessageSend) -> Ack:
+            ack = await handler(s, m)
+            asyncio.ensure_future(self._call(Ops.TYPING_STOP, schemas.TypingRequest(
+                user_id=s.user_id, channel_id=m.channel_id)))
+            return ack
+        return send
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.gw.bus.publish(subjects.node_heartbeat(), schemas.NodeHeartbeat(
+                    node=self.gw.node_id, sessions=len(self.gw.sessions), interval_s=HEARTBEAT_S))
+            except Exception as exc:
+                log.debug("heartbeat not sent: %s", exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def resync(self, _ctl: schemas.GatewayControl) -> None:
+        """Presence lost track of this node's sessions (Redis or presence was away)."""
+        sessions = list(self.gw.sessions.by_sid.values())
+        generation = secrets.token_hex(6)
+        log.info("re-registering %d sessions with presence", len(sessions))
+        chunks = [sessions[i:i + RESYNC_CHUNK] for i in range(0, len(sessions), RESYNC_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            await self._call(Ops.NODE_SESSIONS, schemas.NodeSessions(
+                node=self.gw.node_id, generation=generation, sessions=[self._open(s, []) for s in chunk],
+                final=i == len(chunks) - 1))

@@ -26,7 +26,7 @@ from libs.bus.subjects import MessagingOps
 from libs.errors import ChatError, Internal, Invalid, Unauthorized, Unavailable
 from libs.observability.logging import session_id_var, user_id_var
 from libs.ratelimit.limiter import RateLimiter
-from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
+from libs.sio.redis_manager import ResilientRedisManager, channel_room, guild_room, user_room
 from services.gateway import metrics
 from services.gateway.adapters.sessions import Session, SessionRegistry
 from services.gateway.domain import payloads as p
@@ -75,13 +75,15 @@ class SocketGateway:
     """Connection lifecycle and event dispatch for one gateway node."""
 
     def __init__(self, sio: socketio.AsyncServer, manager: ResilientRedisManager, bus: Bus,
-                 verifier: TokenVerifier, limiter: RateLimiter, *, trusted_proxy_header: str = "",
+                 verifier: TokenVerifier, limiter: RateLimiter, *, node_id: str = "gateway",
+                 trusted_proxy_header: str = "",
                  message_max_chars: int = 2000) -> None:
         self.sio = sio
         self.manager = manager
         self.bus = bus
         self.verifier = verifier
         self.limiter = limiter
+        self.node_id = node_id
         self.trusted_proxy_header = trusted_proxy_header
         self.message_max_chars = message_max_chars
         self.sessions = SessionRegistry()
@@ -89,6 +91,10 @@ class SocketGateway:
         self.events: dict[str, EventSpec] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
         self.connect_checks: list[ConnectCheck] = []
+        # Extra GatewayControl ops a feature handles itself (op -> handler).
+        self.control_ops: dict[str, Callable[[schemas.GatewayControl], Awaitable[None]]] = {}
+        # Long-running jobs of features (started and cancelled with the process).
+        self.background: list[Callable[[], Awaitable[None]]] = []
         self.connect_hooks: list[Callable[[Session, schemas.ReadyReply, dict[str, Any]], Awaitable[None]]] = []
         self._register_events()
         sio.on("connect", self.on_connect)
@@ -144,6 +150,10 @@ class SocketGateway:
             for ch in ready.channels:
                 await self.sio.enter_room(sid, channel_room(ch.id))
                 session.channels.add(ch.id)
+            for g in ready.guilds:
+                await self.sio.enter_room(sid, guild_room(g.id))
+                session.guilds.add(g.id)
+            session.friends = set(ready.friend_ids)
             await self.sio.enter_room(sid, user_room(user.id))
             self.sessions.add(session)
             self._pending_ready[sid] = {
@@ -292,6 +302,10 @@ class SocketGateway:
 
     # -- control from services -------------------------------------------------------------
     async def apply_control(self, ctl: schemas.GatewayControl) -> None:
+        handler = self.control_ops.get(ctl.op)
+        if handler is not None:
+            await handler(ctl)
+            return
         for user_id in ctl.user_ids:
             for sid in self.sessions.sids_of(user_id):
                 s = self.sessions.get(sid)
@@ -302,10 +316,16 @@ class SocketGateway:
                         if cid not in s.channels:
                             await self.sio.enter_room(sid, channel_room(cid))
                             s.channels.add(cid)
+                    for gid in ctl.guild_ids:
+                        await self.sio.enter_room(sid, guild_room(gid))
+                        s.guilds.add(gid)
                 elif ctl.op == "leave":
                     for cid in ctl.channel_ids:
                         if cid in s.channels:
                             await self.sio.leave_room(sid, channel_room(cid))
                             s.channels.discard(cid)
+                    for gid in ctl.guild_ids:
+                        await self.sio.leave_room(sid, guild_room(gid))
+                        s.guilds.discard(gid)
                 elif ctl.op == "disconnect":
                     await self.sio.disconnect(sid)

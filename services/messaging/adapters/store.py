@@ -15,6 +15,7 @@ from libs.db.database import Database
 from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, iso, message_from_row
 
+MAX_CONTACTS = 1000  # presences carried by `ready`; larger audiences query presence on demand
 ROLE_RANK = {"member": 0, "moderator": 1, "admin": 2, "owner": 3}
 
 
@@ -57,10 +58,18 @@ class Store:
                 "SELECT c.* FROM channels c JOIN dm_channels d ON d.channel_id = c.id "
                 "WHERE d.user_a = $1 OR d.user_b = $1 "
                 "ORDER BY id", user.id)
+            friends = [r["friend_id"] for r in await conn.fetch(
+                "SELECT f.friend_id FROM friendships f JOIN friendships b "
+                "ON b.user_id = f.friend_id AND b.friend_id = f.user_id WHERE f.user_id = $1", user.id)]
+            co_members = [r["user_id"] for r in await conn.fetch(
+                "SELECT DISTINCT o.user_id FROM guild_members me JOIN guild_members o ON o.guild_id = me.guild_id "
+                "WHERE me.user_id = $1 AND o.user_id <> $1 LIMIT $2", user.id, MAX_CONTACTS)]
+        contacts = list(dict.fromkeys(friends + co_members))[:MAX_CONTACTS]
         return schemas.ReadyReply(
             user=user,
             guilds=[schemas.GuildSummary(id=str(r["id"]), name=r["name"], role=r["role"]) for r in guild_rows],
             channels=[channel_from_row(r) for r in channel_rows],
+            friend_ids=friends, contact_ids=contacts,
         )
 
     # -- access --------------------------------------------------------------------------

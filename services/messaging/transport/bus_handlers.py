@@ -16,7 +16,7 @@ from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_roo
 from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
 from services.messaging.adapters.store import Store
-from services.messaging.domain import content as rules
+from libs.validation import text as rules
 
 from prometheus_client import Counter
 
@@ -152,7 +152,7 @@ class MessagingHandlers:
         if not name:
             raise Invalid("name: must not be empty")
         guild = await self.guilds.create_guild(req.user, name)
-        await self._join_rooms([req.user.id], [c.id for c in guild.channels])
+        await self._join_rooms([req.user.id], [c.id for c in guild.channels], [guild.id])
         return guild
 
     async def guild_get(self, req: schemas.GuildRequest) -> schemas.Guild:
@@ -165,14 +165,15 @@ class MessagingHandlers:
         if not INVITE_CODE_RE.match(req.code):
             raise NotFound("invite not found")
         guild, _joined = await self.guilds.accept_invite(req.user, req.code)
-        await self._join_rooms([req.user.id], [c.id for c in guild.channels])
+        await self._join_rooms([req.user.id], [c.id for c in guild.channels], [guild.id])
         return guild
 
-    async def _join_rooms(self, user_ids: list[str], channel_ids: list[str]) -> None:
+    async def _join_rooms(self, user_ids: list[str], channel_ids: list[str],
+                          guild_ids: list[str] | None = None) -> None:
         """Connected sessions of these users start receiving these channels at once."""
         try:
-            await self.bus.publish(subjects.gateway_broadcast(),
-                                   schemas.GatewayControl(op="join", user_ids=user_ids, channel_ids=channel_ids))
+            await self.bus.publish(subjects.gateway_broadcast(), schemas.GatewayControl(
+                op="join", user_ids=user_ids, channel_ids=channel_ids, guild_ids=guild_ids or []))
         except Exception as exc:
             # The change is committed; sockets pick the channels up at their next connect.
             log.warning("could not tell gateways to join rooms: %s", exc)

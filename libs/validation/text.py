@@ -1,4 +1,4 @@
-"""Message content rules (pure): normalisation, sanitisation, limits."""
+"""Text rules shared by every service (pure): normalisation, neutralised markup, limits."""
 
 from __future__ import annotations
 

@@ -1,0 +1,199 @@
+"""Presence state in Redis. Every key has a TTL so nothing outlives its owner.
+
+  pres:s:{user}        hash session_id -> node          sessions of a user
+  pres:st:{user}       hash status, activity, since     the user's chosen status
+  pres:aud:{user}      hash guilds, friends (JSON)      who is told about changes
+  pres:node:{node}     set "user|session"               sessions held by a gateway node
+  pres:nodes           hash node -> last heartbeat (epoch seconds)
+  pres:typing          zset "channel|user" -> expiry (epoch seconds)
+  pres:ty:{user}       set of channel ids the user is typing in
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+NODES = "pres:nodes"
+TYPING = "pres:typing"
+
+
+def _s(user: str) -> str:
+    return f"pres:s:{user}"
+
+
+def _st(user: str) -> str:
+    return f"pres:st:{user}"
+
+
+def _aud(user: str) -> str:
+    return f"pres:aud:{user}"
+
+
+def _node(node: str) -> str:
+    return f"pres:node:{node}"
+
+
+def _ty(user: str) -> str:
+    return f"pres:ty:{user}"
+
+
+class PresenceStore:
+    def __init__(self, redis: aioredis.Redis, key_ttl_s: int) -> None:
+        self.r = redis
+        self.ttl = key_ttl_s
+
+    # -- sessions ------------------------------------------------------------------------
+    async def open_session(self, user: str, session_id: str, node: str, guilds: list[str],
+                           friends: list[str]) -> int:
+        """Record a session; returns the user's session count before it."""
+        p = self.r.pipeline(transaction=True)
+        p.hlen(_s(user))
+        p.hset(_s(user), session_id, node)
+        p.expire(_s(user), self.ttl)
+        p.sadd(_node(node), f"{user}|{session_id}")
+        p.expire(_node(node), self.ttl)
+        p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
+        p.expire(_aud(user), self.ttl)
+        p.expire(_st(user), self.ttl * 30)
+        res = await p.execute()
+        return int(res[0]) - (0 if res[1] else 1)
+
+    async def close_session(self, user: str, session_id: str, node: str) -> int:
+        """Forget a session; returns how many sessions the user has left (-1 if unknown)."""
+        p = self.r.pipeline(transaction=True)
+        p.hdel(_s(user), session_id)
+        p.hlen(_s(user))
+        p.srem(_node(node), f"{user}|{session_id}")
+        removed, left, _ = await p.execute()
+        return int(left) if removed else -1
+
+    async def session_count(self, user: str) -> int:
+        return int(await self.r.hlen(_s(user)))
+
+    async def audience(self, user: str) -> tuple[list[str], list[str]]:
+        raw = await self.r.hmget(_aud(user), ["guilds", "friends"])
+        return (orjson.loads(raw[0]) if raw[0] else [], orjson.loads(raw[1]) if raw[1] else [])
+
+    # -- status --------------------------------------------------------------------------
+    async def chosen(self, user: str) -> dict[str, Any]:
+        raw = await self.r.hgetall(_st(user))
+        out: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        if "activity" in out:
+            out["activity"] = orjson.loads(out["activity"]) if out["activity"] != "null" else None
+        return out
+
+    async def set_chosen(self, user: str, status: str, activity: dict[str, str] | None) -> None:
+        await self.r.hset(_st(user), mapping={"status": status, "activity": orjson.dumps(activity)})
+        await self.r.expire(_st(user), self.ttl * 30)
+
+    async def set_shown(self, user: str, shown: str, since: str) -> None:
+        """What others were last told, and when it changed."""
+        await self.r.hset(_st(user), mapping={"shown": shown, "since": since})
+
+    async def many(self, users: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
+        """(user, session count, chosen status) for each user."""
+        if not users:
+            return []
+        p = self.r.pipeline(transaction=False)
+        for u in users:
+            p.hlen(_s(u))
+            p.hgetall(_st(u))
+        res = await p.execute()
+        out = []
+        for i, u in enumerate(users):
+            raw = {k.decode(): v.decode() for k, v in res[2 * i + 1].items()}
+            if "activity" in raw:
+                raw["activity"] = orjson.loads(raw["activity"]) if raw["activity"] != "null" else None
+            out.append((u, int(res[2 * i]), raw))
+        return out
+
+    # -- nodes ---------------------------------------------------------------------------
+    async def heartbeat(self, node: str) -> None:
+        await self.r.hset(NODES, node, time.time())
+
+    async def node_sessions(self, node: str) -> int:
+        return int(await self.r.scard(_node(node)))
+
+    async def dead_nodes(self, timeout_s: float) -> list[str]:
+        now = time.time()
+        return [n.decode() for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) > timeout_s]
+
+    async def live_nodes(self, timeout_s: float) -> set[str]:
+        now = time.time()
+        return {n.decode() for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) <= timeout_s}
+
+    async def claim_node_cleanup(self, node: str, hold_s: int = 30) -> bool:
+        return bool(await self.r.set(f"pres:lock:node:{node}", "1", nx=True, ex=hold_s))
+
+    async def take_node_sessions(self, node: str) -> list[tuple[str, str]]:
+        members = await self.r.smembers(_node(node))
+        return [tuple(m.decode().split("|", 1)) for m in members]  # type: ignore[misc]
+
+    async def forget_node(self, node: str) -> None:
+        p = self.r.pipeline(transaction=True)
+        p.delete(_node(node))
+        p.hdel(NODES, node)
+        await p.execute()
+
+    async def scan_users(self, match: str = "pres:s:*", count: int = 500) -> list[str]:
+        users = []
+        async for key in self.r.scan_iter(match=match, count=count):
+            users.append(key.decode().split(":", 2)[2])
+        return users
+
+    async def sessions_of(self, user: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in (await self.r.hgetall(_s(user))).items()}
+
+    # -- typing --------------------------------------------------------------------------
+    async def typing_start(self, user: str, channel: str, ttl_s: float) -> bool:
+        """True when the user was not typing there already."""
+        p = self.r.pipeline(transaction=True)
+        p.zadd(TYPING, {f"{channel}|{user}": time.time() + ttl_s})
+        p.sadd(_ty(user), channel)
+        p.expire(_ty(user), int(ttl_s) + 60)
+        added, _, _ = await p.execute()
+        return bool(added)
+
+    async def typing_stop(self, user: str, channel: str) -> bool:
+        """True when this call ended the typing (exactly one caller wins)."""
+        p = self.r.pipeline(transaction=True)
+        p.zrem(TYPING, f"{channel}|{user}")
+        p.srem(_ty(user), channel)
+        removed, _ = await p.execute()
+        return bool(removed)
+
+    async def typing_channels(self, user: str) -> list[str]:
+        return [c.decode() for c in await self.r.smembers(_ty(user))]
+
+    async def typing_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
+        members = await self.r.zrangebyscore(TYPING, "-inf", now, start=0, num=limit)
+        return [tuple(m.decode().split("|", 1)) for m in members]  # type: ignore[misc]
+
+    async def typing_next_expiry(self) -> float | None:
+        first = await self.r.zrange(TYPING, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    async def sizes(self) -> dict[str, int]:
+        p = self.r.pipeline(transaction=False)
+        p.hlen(NODES)
+        p.zcard(TYPING)
+        nodes, typing = await p.execute()
+        return {"nodes": int(nodes), "typing": int(typing)}
+
+    # -- resync after an outage -------------------------------------------------------------
+    async def resync_add(self, node: str, generation: str, members: list[str]) -> None:
+        key = f"pres:resync:{node}:{generation}"
+        if members:
+            await self.r.sadd(key, *members)
+        await self.r.expire(key, 300)
+
+    async def resync_ghosts(self, node: str, generation: str) -> list[tuple[str, str]]:
+        """Sessions presence holds for ``node`` that the node did not report."""
+        key = f"pres:resync:{node}:{generation}"
+        ghosts = await self.r.sdiff([_node(node), key])
+        await self.r.delete(key)
+        return [tuple(m.decode().split("|", 1)) for m in ghosts]  # type: ignore[misc]

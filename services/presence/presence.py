@@ -1,0 +1,182 @@
+"""Presence and typing: sessions, visible status, broadcasts, expiry, node liveness.
+
+State lives in Redis (:class:`PresenceStore`); this class decides what changed and who
+is told. Broadcasts go through the shared Socket.IO adapter to guild rooms and the
+friends' user rooms, once per visible change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter, Gauge
+
+from libs.bus import schemas, subjects
+from libs.bus.client import Bus
+from libs.observability import metrics
+from libs.sio.redis_manager import ResilientRedisManager, channel_room, guild_room, user_room
+from services.presence.adapters.presence_store import PresenceStore
+from services.presence.domain.status import visible_status
+
+log = logging.getLogger(__name__)
+
+ANNOUNCED = Counter("chat_presence_announcements_total", "presence events broadcast")
+TYPING_STOPS = Counter("chat_presence_typing_stops_total", "typing:stop emitted", ["reason"])
+NODES_DEAD = Counter("chat_presence_dead_nodes_total", "gateway nodes declared dead and cleaned up")
+RESYNCS = Counter("chat_presence_resyncs_total", "gateway nodes asked to re-register their sessions")
+TYPING_ENTRIES = Gauge("chat_presence_typing_entries", "users typing somewhere")
+KNOWN_NODES = Gauge("chat_presence_nodes", "gateway nodes with a recent heartbeat record")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class PresenceService:
+    def __init__(self, store: PresenceStore, emitter: ResilientRedisManager, bus: Bus, *,
+                 typing_ttl_s: float, node_timeout_s: float) -> None:
+        self.store = store
+        self.emitter = emitter
+        self.bus = bus
+        self.typing_ttl_s = typing_ttl_s
+        self.node_timeout_s = node_timeout_s
+        self.typing_wakeup = asyncio.Event()
+        self._last_resync: dict[str, float] = {}
+
+    # -- sessions ------------------------------------------------------------------------
+    async def open(self, req: schemas.SessionOpen) -> schemas.SessionOpenReply:
+        before = await self.store.open_session(req.user.id, req.session_id, req.node, req.guild_ids, req.friend_ids)
+        if before == 0 and req.announce:
+            await self.announce(req.user.id)
+        return schemas.SessionOpenReply(presences=await self.visible(req.contact_ids))
+
+    async def close(self, user_id: str, session_id: str, node: str, reason: str = "disconnect") -> None:
+        left = await self.store.close_session(user_id, session_id, node)
+        if left == 0:
+            for channel in await self.store.typing_channels(user_id):
+                await self.typing_stop(user_id, channel, reason)
+            await self.announce(user_id)
+
+    async def update(self, req: schemas.PresenceUpdate) -> None:
+        activity = msgspec.to_builtins(req.activity) if req.activity else None
+        await self.store.set_chosen(req.user_id, req.status, activity)
+        await self.announce(req.user_id)
+
+    async def visible(self, user_ids: list[str]) -> list[schemas.Presence]:
+        out = []
+        for user, sessions, chosen in await self.store.many(user_ids):
+            status = visible_status(chosen.get("status"), sessions)
+            if status != "offline":
+                out.append(self._presence(user, status, chosen))
+        return out
+
+    @staticmethod
+    def _presence(user: str, status: str, chosen: dict[str, Any]) -> schemas.Presence:
+        act = chosen.get("activity") if status != "offline" else None
+        return schemas.Presence(user_id=user, status=status,
+                                activity=schemas.Activity(**act) if act else None, since=chosen.get("since"))
+
+    async def announce(self, user_id: str) -> None:
+        """Tell the user's guilds and friends, when what they see changed."""
+        chosen = await self.store.chosen(user_id)
+        status = visible_status(chosen.get("status"), await self.store.session_count(user_id))
+        shown = f"{status}|{msgspec.json.encode(chosen.get('activity') if status != 'offline' else None).decode()}"
+        if chosen.get("shown") == shown:
+            return
+        since = now_iso()
+        await self.store.set_shown(user_id, shown, since)
+        chosen["since"] = since
+        guilds, friends = await self.store.audience(user_id)
+        rooms = [guild_room(g) for g in guilds] + [user_room(f) for f in friends] + [user_room(user_id)]
+        payload = msgspec.to_builtins(self._presence(user_id, status, chosen))
+        await self.emitter.emit("presence", payload, room=rooms, namespace="/")
+        ANNOUNCED.inc()
+
+    # -- typing --------------------------------------------------------------------------
+    async def typing_start(self, user_id: str, channel_id: str) -> None:
+        await self.store.typing_start(user_id, channel_id, self.typing_ttl_s)
+        self.typing_wakeup.set()
+
+    async def typing_stop(self, user_id: str, channel_id: str, reason: str = "sent") -> None:
+        if await self.store.typing_stop(user_id, channel_id):
+            await self.emitter.emit("typing:stop", {"channel_id": channel_id, "user_id": user_id},
+                                    room=channel_room(channel_id), namespace="/")
+            TYPING_STOPS.labels(reason).inc()
+
+    async def sweep_typing(self) -> float | None:
+        """End expired typing; returns the next expiry (epoch seconds) if any."""
+        expired = await self.store.typing_expired(time.time())
+        for channel, user in expired:
+            await self.typing_stop(user, channel, "expired")
+        if expired:
+            metrics.CLEANUP_REMOVED.labels("typing").inc(len(expired))
+        metrics.CLEANUP_RUNS.labels("typing").inc()
+        sizes = await self.store.sizes()
+        TYPING_ENTRIES.set(sizes["typing"])
+        KNOWN_NODES.set(sizes["nodes"])
+        return await self.store.typing_next_expiry()
+
+    # -- node liveness ---------------------------------------------------------------------
+    async def heartbeat(self, hb: schemas.NodeHeartbeat) -> None:
+        await self.store.heartbeat(hb.node)
+        held = await self.store.node_sessions(hb.node)
+        if held != hb.sessions and time.monotonic() - self._last_resync.get(hb.node, 0) > 30:
+            self._last_resync[hb.node] = time.monotonic()
+            RESYNCS.inc()
+            log.info("node %s reports %d sessions, presence holds %d: asking it to resync",
+                     hb.node, hb.sessions, held)
+            await self.bus.publish(subjects.gateway_control(hb.node),
+                                   schemas.GatewayControl(op="presence_resync", user_ids=[]))
+
+    async def node_sessions(self, req: schemas.NodeSessions) -> None:
+        for s in req.sessions:
+            await self.open(s)
+        await self.store.resync_add(req.node, req.generation, [f"{s.user.id}|{s.session_id}" for s in req.sessions])
+        if req.final:
+            ghosts = await self.store.resync_ghosts(req.node, req.generation)
+            for user, session in ghosts:
+                await self.close(user, session, req.node, "resync")
+            if ghosts:
+                metrics.CLEANUP_REMOVED.labels("presence_resync").inc(len(ghosts))
+
+    async def check_nodes(self) -> None:
+        for node in await self.store.dead_nodes(self.node_timeout_s):
+            if not await self.store.claim_node_cleanup(node):
+                continue
+            sessions = await self.store.take_node_sessions(node)
+            log.warning("gateway node %s stopped heartbeating; removing its %d sessions", node, len(sessions))
+            NODES_DEAD.inc()
+            for user, session in sessions:
+                await self.close(user, session, node, "node_dead")
+            await self.store.forget_node(node)
+            metrics.CLEANUP_REMOVED.labels("dead_node_sessions").inc(len(sessions))
+            await self._tell_sessions_gone(node, sessions)
+
+    async def _tell_sessions_gone(self, node: str, sessions: list[tuple[str, str]]) -> None:
+        gone_type = getattr(schemas, "SessionsGone", None)
+        ref_type = getattr(schemas, "SessionRef", None)
+        if gone_type is None or ref_type is None or not sessions:
+            return
+        try:
+            await self.bus.publish(subjects.presence_events(), gone_type(
+                node=node, sessions=[ref_type(user_id=u, session_id=s) for u, s in sessions]))
+        except Exception as exc:
+            log.warning("could not announce the sessions of dead node %s: %s", node, exc)
+
+    async def sweep_stale(self) -> int:
+        """Sessions whose node is not heartbeating (e.g. lost while presence was away)."""
+        live = await self.store.live_nodes(self.node_timeout_s)
+        removed = 0
+        for user in await self.store.scan_users():
+            for session, node in (await self.store.sessions_of(user)).items():
+                if node not in live:
+                    await self.close(user, session, node, "stale")
+                    removed += 1
+        metrics.CLEANUP_RUNS.labels("stale_presence").inc()
+        metrics.CLEANUP_REMOVED.labels("stale_presence").inc(removed)
+        return removed

@@ -1,0 +1,96 @@
+"""Presence's NATS handlers: decode -> PresenceService -> encode, under the Redis breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import msgspec
+import redis.exceptions
+
+from libs.bus import schemas, subjects
+from libs.bus.client import Bus
+from libs.bus.subjects import PresenceOps as Ops
+from libs.errors import Invalid, Unavailable
+from libs.resilience.breaker import CircuitBreaker
+from services.presence.domain.status import STATUSES
+from services.presence.presence import PresenceService
+
+log = logging.getLogger(__name__)
+_heartbeat = msgspec.json.Decoder(schemas.NodeHeartbeat)
+
+
+class PresenceHandlers:
+    def __init__(self, presence: PresenceService, bus: Bus, breaker: CircuitBreaker, timeout_s: float) -> None:
+        self.p = presence
+        self.bus = bus
+        self.breaker = breaker
+        self.timeout_s = timeout_s
+
+    @asynccontextmanager
+    async def redis(self) -> AsyncIterator[None]:
+        async with self.breaker.guard():
+            try:
+                yield
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncio.TimeoutError,
+                    OSError) as exc:
+                raise Unavailable(f"presence store unavailable ({type(exc).__name__})") from None
+
+    def _wrap(self, fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+        async def run(req: Any) -> Any:
+            async with self.redis():
+                return await asyncio.wait_for(fn(req), self.timeout_s * 5)
+        return run
+
+    async def register(self) -> None:
+        q = subjects.queue_group("presence")
+        table: list[tuple[str, Callable[[Any], Awaitable[Any]], type]] = [
+            (Ops.SESSION_OPEN, self.p.open, schemas.SessionOpen),
+            (Ops.SESSION_CLOSE, self.session_close, schemas.SessionClose),
+            (Ops.UPDATE, self.update, schemas.PresenceUpdate),
+            (Ops.TYPING_START, self.typing_start, schemas.TypingRequest),
+            (Ops.TYPING_STOP, self.typing_stop, schemas.TypingRequest),
+            (Ops.QUERY, self.query, schemas.PresenceQuery),
+            (Ops.NODE_SESSIONS, self.node_sessions, schemas.NodeSessions),
+        ]
+        for op, fn, typ in table:
+            await self.bus.serve(subjects.service_request("presence", op), self._wrap(fn), typ, queue=q)
+        await self.bus.subscribe(subjects.node_heartbeat(), self.on_heartbeat, queue=q)
+
+    async def session_close(self, req: schemas.SessionClose) -> schemas.Empty:
+        await self.p.close(req.user_id, req.session_id, req.node)
+        return schemas.Empty()
+
+    async def update(self, req: schemas.PresenceUpdate) -> schemas.Empty:
+        if req.status not in STATUSES:
+            raise Invalid("status: must be online, idle, dnd or invisible")
+        await self.p.update(req)
+        return schemas.Empty()
+
+    async def typing_start(self, req: schemas.TypingRequest) -> schemas.Empty:
+        await self.p.typing_start(req.user_id, req.channel_id)
+        return schemas.Empty()
+
+    async def typing_stop(self, req: schemas.TypingRequest) -> schemas.Empty:
+        await self.p.typing_stop(req.user_id, req.channel_id, "sent")
+        return schemas.Empty()
+
+    async def query(self, req: schemas.PresenceQuery) -> schemas.PresenceList:
+        if len(req.user_ids) > 1000:
+            raise Invalid("user_ids: at most 1000")
+        return schemas.PresenceList(presences=await self.p.visible(req.user_ids))
+
+    async def node_sessions(self, req: schemas.NodeSessions) -> schemas.Empty:
+        await self.p.node_sessions(req)
+        return schemas.Empty()
+
+    async def on_heartbeat(self, msg: Any) -> None:
+        try:
+            hb = _heartbeat.decode(msg.data)
+            async with self.redis():
+                await asyncio.wait_for(self.p.heartbeat(hb), self.timeout_s * 3)
+        except Exception as exc:
+            log.debug("heartbeat not recorded: %s", exc)
