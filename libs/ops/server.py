@@ -17,6 +17,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from libs.observability import metrics
+from prometheus_client import Gauge
+
+TASKS = Gauge("chat_process_asyncio_tasks", "asyncio tasks alive in this process")
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class OpsServer:
         self.app.router.add_get("/livez", self._livez)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/debug/tasks", self._tasks)
         self._runner: web.AppRunner | None = None
 
     def add_get(self, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
@@ -87,7 +91,17 @@ class OpsServer:
         return json_response({"ready": ok, "checks": detail}, status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        TASKS.set(len(asyncio.all_tasks()))
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _tasks(self, request: web.Request) -> web.Response:
+        """asyncio tasks alive, grouped by coroutine: where a leak would show."""
+        counts: dict[str, int] = {}
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            name = getattr(coro, "__qualname__", type(coro).__name__)
+            counts[name] = counts.get(name, 0) + 1
+        return json_response(dict(sorted(counts.items(), key=lambda kv: -kv[1])))
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)

@@ -20,3 +20,4 @@ CLEANUP_OPS = Counter("chat_gateway_cleanup_operations_total", "Resources releas
 SESSIONS = Gauge("chat_gateway_sessions_users", "Distinct users connected to this node")
 ROOMS = Gauge("chat_gateway_rooms", "Socket.IO rooms on this node")
 HTTP_REQUESTS = Counter("chat_gateway_http_requests_total", "HTTP API requests", ["route", "status"])
+PENDING_READY = Gauge("chat_gateway_pending_ready", "Connected sockets waiting for their ready event")

@@ -14,6 +14,7 @@ from libs.bus import schemas, subjects
 from libs.ratelimit.limiter import RateLimiter
 from libs.service.runner import ProcessContext
 from libs.sio.redis_manager import ResilientRedisManager
+from services.gateway import metrics
 from services.gateway.settings import GatewaySettings
 from services.gateway.transport.http_api import HttpApi
 from services.gateway.transport.ops_routes import GatewayOps
@@ -89,6 +90,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     stack.push_async_callback(runner.cleanup)
     log.info("gateway listening on http://%s:%d (ops %d)", s.host, s.port, s.effective_ops_port)
 
+    metrics.ROOMS.set_function(lambda: len(manager.rooms.get("/", {})))
+    metrics.PENDING_READY.set_function(lambda: len(gateway._pending_ready))
     ops = GatewayOps(manager, bus, s.admin_token, lambda: len(gateway.sessions))
     ops.install(ctx.ops.add_get, ctx.ops.add_post)
 

@@ -3,12 +3,13 @@ and the gateway stays up (property-based, against a live gateway)."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 import uuid
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from libs.testing.client import ChatClient, Recorder, guild_with_members
@@ -74,6 +75,8 @@ async def test_every_event_answers_any_payload(fuzz_target, cluster: Stack, data
     sock, channel_id = fuzz_target
     event = data.draw(st.sampled_from(EVENTS))
     payload = data.draw(payloads(channel_id))
+    # Frames over the 64 KiB limit close the connection by design (tested elsewhere).
+    assume(len(json.dumps([event, payload])) < 60_000)
     ack = await sock.call(event, payload, timeout=10)
     assert_contract_ack(ack)
 

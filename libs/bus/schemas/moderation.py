@@ -9,11 +9,11 @@ from msgspec import Meta
 from libs.bus.schemas.core import Struct, UserRef
 
 __all__ = [
-    "KickRequest",
     "BanRequest",
-    "UnbanRequest",
-    "TimeoutRequest",
+    "KickRequest",
     "ModerationReply",
+    "TimeoutRequest",
+    "UnbanRequest",
 ]
 
 # Bounds repeated from the client payloads: a request that reaches the service by another

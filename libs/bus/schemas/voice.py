@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.bus.schemas.core import Struct, UserRef  # noqa: F401
+from libs.bus.schemas.core import Struct, UserRef
 
 
 class VoiceState(Struct):

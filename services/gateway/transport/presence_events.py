@@ -94,12 +94,13 @@ class PresenceFeature:
         return send
 
     async def heartbeat_loop(self) -> None:
+        await self.gw.bus.wait_connected()
         while True:
             try:
                 await self.gw.bus.publish(subjects.node_heartbeat(), schemas.NodeHeartbeat(
                     node=self.gw.node_id, sessions=len(self.gw.sessions), interval_s=HEARTBEAT_S))
             except Exception as exc:
-                log.debug("heartbeat not sent: %s", exc)
+                log.warning("heartbeat not sent: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def resync(self, _ctl: schemas.GatewayControl) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from libs.bus import schemas, subjects
@@ -77,7 +78,7 @@ class GatewayFanout:
         finally:
             try:
                 await sub.unsubscribe()
-            except Exception as exc:  # the connection went away; the inbox dies with it
+            except nats.errors.Error as exc:  # the connection went away; the inbox dies with it
                 log.debug("could not unsubscribe the reply inbox: %s", type(exc).__name__)
         result.elapsed_s = time.monotonic() - started
         metrics.CONTROL_ACKS.inc(len(result.acked))

@@ -56,6 +56,7 @@ class PresenceStore:
         p.expire(_s(user), self.ttl)
         p.sadd(_node(node), f"{user}|{session_id}")
         p.expire(_node(node), self.ttl)
+        p.hsetnx(NODES, node, time.time())  # a node is watched from its first session on
         p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
         p.expire(_aud(user), self.ttl)
         p.expire(_st(user), self.ttl * 30)

@@ -93,4 +93,4 @@ class PresenceHandlers:
             async with self.redis():
                 await asyncio.wait_for(self.p.heartbeat(hb), self.timeout_s * 3)
         except Exception as exc:
-            log.debug("heartbeat not recorded: %s", exc)
+            log.warning("heartbeat not recorded: %s: %s", type(exc).__name__, exc)

@@ -74,7 +74,7 @@ _decoder = msgspec.json.Decoder(VoiceRecord)
 class Stored:
     """A record as read, with the exact bytes a compare-and-set must find."""
 
-    __slots__ = ("record", "raw")
+    __slots__ = ("raw", "record")
 
     def __init__(self, record: VoiceRecord | None, raw: str) -> None:
         self.record = record
@@ -104,7 +104,7 @@ class VoiceStateStore:
         async with self.breaker.guard():
             try:
                 result = await asyncio.wait_for(fn(), self.timeout_s)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 STORE_ERRORS.inc()
                 self.state = "down"
                 log.warning("voice state store: %s", type(exc).__name__)
@@ -156,7 +156,7 @@ class VoiceStateStore:
         raw = _encoder.encode(new).decode()
         keys = [USER_PREFIX + new.user_id, CHANNEL_PREFIX + new.channel_id, NODE_PREFIX + new.node,
                 CHANNEL_PREFIX + old.channel_id, NODE_PREFIX + old.node, ACTIVE_KEY]
-        args = [expected.raw, raw, new.user_id, self.ttl_s, time.time() + self.ttl_s]
+        args: list[str | int | float] = [expected.raw, raw, new.user_id, self.ttl_s, time.time() + self.ttl_s]
         done = await self._call(lambda: self._put(keys=keys, args=args))
         if not done:
             CAS_RETRIES.inc()

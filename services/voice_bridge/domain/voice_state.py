@@ -112,6 +112,4 @@ def left_room(rec: VoiceRecord | None, channel_id: str, event_at: float | None) 
     """
     if rec is None or rec.channel_id != channel_id:
         return False
-    if event_at is not None and event_at > 0 and rec.joined_at >= event_at + 1:
-        return False
-    return True
+    return event_at is None or event_at <= 0 or rec.joined_at < event_at + 1

@@ -8,6 +8,7 @@ ends the user's voice state; other events are acknowledged and ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -28,7 +29,10 @@ KNOWN_EVENTS = frozenset({"room_started", "room_finished", "participant_joined",
 MAX_BODY = 256 * 1024
 
 
-def install(add_post: object, livekit: LiveKit, handlers: VoiceHandlers) -> None:
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def install(add_post: Callable[[str, Route], None], livekit: LiveKit, handlers: VoiceHandlers) -> None:
     """Add the route (before the ops server starts)."""
 
     async def webhook(request: web.Request) -> web.Response:
@@ -60,4 +64,4 @@ def install(add_post: object, livekit: LiveKit, handlers: VoiceHandlers) -> None
         WEBHOOKS.labels(name, "applied" if left else "stale").inc()
         return json_response({"ok": True, "applied": left})
 
-    add_post("/livekit/webhook", webhook)  # type: ignore[operator]
+    add_post("/livekit/webhook", webhook)

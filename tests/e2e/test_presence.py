@@ -1,0 +1,122 @@
+"""Presence and typing across sessions and nodes, and their cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+import pytest
+
+from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.fixtures import Stack
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def statuses(rec, user_id: str) -> list[str]:
+    return [e["status"] for e in rec.events["presence"] if e["user_id"] == user_id]
+
+
+async def wait_status(rec, user_id: str, status: str, timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        seen = statuses(rec, user_id)
+        if seen and seen[-1] == status:
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{user_id} never became {status}: {statuses(rec, user_id)}")
+
+
+async def test_two_sessions_on_two_nodes_and_invisible(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    await guild_with_members(bob, alice)
+    b = await bob.connect()
+    a1 = await alice.connect(g1)
+    await wait_status(b, alice.user_id, "online")
+    a2 = await alice.connect(g2)
+    # Bob's `ready` on a new session carries Alice's presence.
+    b2 = await bob.connect(g1)
+    assert {"user_id": alice.user_id, "status": "online"}.items() <= next(
+        p for p in b2.events["ready"][0]["presences"] if p["user_id"] == alice.user_id).items()
+
+    await a1.disconnect()
+    await asyncio.sleep(0.5)
+    assert statuses(b, alice.user_id)[-1] == "online"
+    await a2.disconnect()
+    assert await wait_status(b, alice.user_id, "offline") < 1.0
+
+    a3 = await alice.connect(g2)
+    await wait_status(b, alice.user_id, "online")
+    assert (await a3.call("presence:update", {"status": "invisible"}))["ok"]
+    await wait_status(b, alice.user_id, "offline")
+    assert (await a3.call("presence:update", {"status": "dnd", "activity": {"name": "<b>code</b>", "kind": "playing"}}))["ok"]
+    await wait_status(b, alice.user_id, "dnd")
+    last = [e for e in b.events["presence"] if e["user_id"] == alice.user_id][-1]
+    assert last["activity"] == {"name": "&lt;b&gt;code&lt;/b&gt;", "kind": "playing"} and last["since"]
+    assert (await a3.call("presence:update", {"status": "invisible"}))["ok"]
+    await wait_status(b, alice.user_id, "offline")
+    await a3.disconnect()
+    await asyncio.sleep(0.5)
+    # Invisible is never revealed: nothing but offline after it.
+    assert statuses(b, alice.user_id)[-1] == "offline"
+    b3 = await bob.connect(g2)
+    assert all(p["user_id"] != alice.user_id for p in b3.events["ready"][0]["presences"])
+    bad = await b3.call("presence:update", {"status": "busy"})
+    assert bad["error"]["code"] == "invalid"
+    await alice.close()
+    await bob.close()
+
+
+async def test_typing_is_shown_to_others_and_ends_by_itself(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    guild = await guild_with_members(alice, bob)
+    ch = guild["text_channel"]
+    a = await alice.connect()
+    b = await bob.connect()
+    assert (await a.call("typing:start", {"channel_id": ch}))["ok"]
+    typing = (await b.wait_for("typing"))[0]
+    assert typing == {"channel_id": ch, "user_id": alice.user_id, "expires_in_ms": 10000}
+    started = time.monotonic()
+    stop = (await b.wait_for("typing:stop", timeout=10))[0]
+    assert stop == {"channel_id": ch, "user_id": alice.user_id}
+    assert time.monotonic() - started < 8  # CHAT_TYPING_TTL_S=3 in the test cluster
+    assert "typing" not in a.events  # the sender is not told about itself
+
+    # Sending a message ends typing at once.
+    assert (await a.call("typing:start", {"channel_id": ch}))["ok"]
+    await b.wait_for("typing", 2)
+    assert (await a.call("message:send", {"channel_id": ch, "content": "done", "nonce": "n"}))["ok"]
+    await b.wait_for("typing:stop", 2, timeout=2)
+    # Typing in a channel one is not in is refused.
+    assert (await a.call("typing:start", {"channel_id": "999999999"}))["error"]["code"] == "not_found"
+    await alice.close()
+    await bob.close()
+
+
+async def test_last_disconnect_stops_typing(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    guild = await guild_with_members(alice, bob)
+    a = await alice.connect()
+    b = await bob.connect()
+    assert (await a.call("typing:start", {"channel_id": guild["text_channel"]}))["ok"]
+    await b.wait_for("typing")
+    await a.disconnect()
+    stop = (await b.wait_for("typing:stop", timeout=2))[0]
+    assert stop["user_id"] == alice.user_id
+    await bob.close()
