@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
 
 from libs.bus import schemas, subjects
 from libs.bus.client import Bus
@@ -21,6 +22,7 @@ from libs.validation import text as rules
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 INVITE_CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MESSAGES_STORED = Counter("chat_messaging_messages_stored_total", "Messages committed")
@@ -64,8 +66,9 @@ class MessagingHandlers:
             await self.bus.serve(subjects.service_request("messaging", op), handler, req_type, queue=q)
 
     async def emit(self, event: str, channel_id: str, payload: Any, rooms: list[str] | None = None) -> None:
-        await self.emitter.emit(event, msgspec.to_builtins(payload), room=rooms or channel_room(channel_id),
-                                namespace="/")
+        with _tracer.start_as_current_span(f"room.emit {event}"):
+            await self.emitter.emit(event, msgspec.to_builtins(payload), room=rooms or channel_room(channel_id),
+                                    namespace="/")
         EMITS.labels(event).inc()
 
     # -- handlers ------------------------------------------------------------------------
