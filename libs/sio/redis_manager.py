@@ -346,10 +346,19 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             log.info("sync:required sent to %d local sockets", len(per_sid))
 
     def health(self) -> dict[str, Any]:
+        listening = self.listener_up or self.write_only
+        # A publish failure matters while emits wait for Redis; an empty queue has nothing pending.
+        publishing = self.publish_state == "up" or len(self.queue) == 0
+        if listening and publishing:
+            state = "up"
+        elif self.listen_backoff.down or self.backoff.down:
+            state = "down"
+        else:
+            state = "reconnecting"
         return {
-            "state": ("up" if self.listener_up or self.write_only else "down")
-            if self.publish_state == "up" else self.publish_state,
+            "state": state,
             "listener": "up" if self.listener_up else ("n/a" if self.write_only else "down"),
+            "publisher": self.publish_state if len(self.queue) else "idle",
             "breaker": self.breaker.state,
             "queue_depth": len(self.queue),
             "listener_gaps": self.listener_gaps,
