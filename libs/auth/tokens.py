@@ -82,7 +82,7 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, UnicodeError, ValueError, TypeError) as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not SUB_RE.match(sub):

@@ -39,6 +39,7 @@ S = TypeVar("S")
 Handler = Callable[[Any], Awaitable[Any]]
 
 _reply_decoder = msgspec.json.Decoder(schemas.Reply)
+DEADLINE_HEADER = "Chat-Deadline"  # epoch milliseconds after which the requester stops waiting
 
 
 class Bus:
@@ -203,10 +204,10 @@ class Bus:
                 if nc is None or not nc.is_connected:
                     raise Unavailable("message bus unavailable")
                 async with self.breaker.guard():
+                    wait = timeout or self.request_timeout
+                    headers = inject_headers({DEADLINE_HEADER: str(int((time.time() + wait) * 1000))})
                     try:
-                        msg = await nc.request(subject, schemas.dumps(payload),
-                                               timeout=timeout or self.request_timeout,
-                                               headers=inject_headers())
+                        msg = await nc.request(subject, schemas.dumps(payload), timeout=wait, headers=headers)
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         raise Unavailable("service did not answer in time") from None
                     except nats.errors.NoRespondersError:
@@ -239,12 +240,29 @@ class Bus:
 
     # -- serving -----------------------------------------------------------------------
     async def serve(self, subject: str, handler: Handler, request_type: type,
-                    queue: str | None = None) -> None:
-        """Answer requests on ``subject`` with ``handler(request) -> reply struct``."""
+                    queue: str | None = None, max_concurrency: int = 64) -> None:
+        """Answer requests on ``subject`` with ``handler(request) -> reply struct``.
+
+        Requests are handled concurrently (at most ``max_concurrency`` at once; beyond that
+        they wait in NATS). A request whose caller has already given up (its deadline
+        header has passed) is dropped unanswered instead of doing work nobody waits for.
+        """
         decoder = self._decoder(request_type)
         label = metric_label(subject)
+        slots = asyncio.Semaphore(max_concurrency)
+        running: set[asyncio.Task[None]] = set()
 
         async def on_msg(msg: Msg) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(handle(msg))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+
+        async def handle(msg: Msg) -> None:
+            deadline = (msg.headers or {}).get(DEADLINE_HEADER)
+            if deadline is not None and deadline.isdigit() and int(deadline) < time.time() * 1000:
+                metrics.BUS_HANDLED.labels(label, "expired").inc()
+                return
             started = time.perf_counter()
             outcome = "ok"
             ctx = extract_context(msg.headers)

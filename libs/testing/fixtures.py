@@ -103,7 +103,8 @@ def servers(run_dir: Path) -> Iterator[Servers]:
 
 @pytest.fixture(scope="session")
 def cluster(servers: Servers) -> Iterator[Stack]:
-    c = start_cluster(servers, "shared", CHAT_ALLOWED_ORIGINS=ALLOWED_ORIGIN, CHAT_CONNECT_TIMEOUT_S="2")
+    c = start_cluster(servers, "shared", CHAT_ALLOWED_ORIGINS=ALLOWED_ORIGIN, CHAT_CONNECT_TIMEOUT_S="2",
+                      CHAT_PING_INTERVAL_S="5", CHAT_PING_TIMEOUT_S="5")
     yield Stack(servers, c)
     c.stop()
 

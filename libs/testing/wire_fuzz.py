@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 
 Frame = str | bytes
 Transport = Literal["ws", "polling", "http"]
-Expect = Literal["answer", "close", "any"]
+Expect = Literal["answer", "close", "end", "any"]
 
 EIO_PATH = "/socket.io/"
 MAX_FRAME = 65536
 ANSWER_TIMEOUT_S = 5.0
-PROBE_TIMEOUT_S = 4.0
+PROBE_TIMEOUT_S = 3.0
 HANDSHAKE_TIMEOUT_S = 10.0
 PROBE_ID = 9000
 PROBE_EVENT = '["sync",{"channels":{}}]'
@@ -101,7 +101,7 @@ class FuzzReport:
     def ok(self) -> bool:
         return not self.errors_by_kind
 
-    def merge(self, other: "FuzzReport") -> "FuzzReport":
+    def merge(self, other: FuzzReport) -> FuzzReport:
         out = FuzzReport(self.sent + other.sent, self.answered + other.answered,
                          self.closed + other.closed, self.still_usable + other.still_usable,
                          self.errors_by_kind + other.errors_by_kind,
@@ -156,7 +156,7 @@ class WsConn(WireConn):
         self.ws = ws
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, base_url: str, sid: str | None = None) -> "WsConn":
+    async def open(cls, http: aiohttp.ClientSession, base_url: str, sid: str | None = None) -> WsConn:
         query = {"EIO": "4", "transport": "websocket", **({"sid": sid} if sid else {})}
         ws = await http.ws_connect(f"{base_url}{EIO_PATH}?{urlencode(query)}", max_msg_size=0,
                                    autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
@@ -186,6 +186,9 @@ class WsConn(WireConn):
                 if msg.data == "2":
                     await self.send(["3"])
                     continue
+                if msg.data == "1":  # Engine.IO CLOSE: the session is over
+                    self.closed = True
+                    raise Closed()
                 return str(msg.data)
             if msg.type == aiohttp.WSMsgType.BINARY:
                 return bytes(msg.data)
@@ -196,7 +199,7 @@ class WsConn(WireConn):
         self.closed = True
         try:
             await asyncio.wait_for(self.ws.close(), 3.0)
-        except (asyncio.TimeoutError, ConnectionError, aiohttp.ClientError):
+        except (TimeoutError, ConnectionError, aiohttp.ClientError):
             pass
 
 
@@ -211,7 +214,7 @@ class PollConn(WireConn):
         self.poller: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, base_url: str) -> tuple["PollConn", str]:
+    async def open(cls, http: aiohttp.ClientSession, base_url: str) -> tuple[PollConn, str]:
         url = f"{base_url}{EIO_PATH}?EIO=4&transport=polling"
         async with http.get(url, timeout=aiohttp.ClientTimeout(total=HANDSHAKE_TIMEOUT_S)) as r:
             text = await r.text()
@@ -232,7 +235,7 @@ class PollConn(WireConn):
                     await self._deliver(pkt)
                     if pkt == "1":
                         return
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
             pass
         finally:
             self.queue.put_nowait(None)
@@ -254,7 +257,7 @@ class PollConn(WireConn):
             async with self.http.post(self.url, data=body, timeout=aiohttp.ClientTimeout(total=10),
                                       headers={"Content-Type": "text/plain;charset=UTF-8"}) as r:
                 await r.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
             self.closed = True
             raise Closed() from None
         if r.status >= 500:
@@ -306,8 +309,8 @@ def parse_sio(frame: Frame) -> SioPacket | None:
     rest = frame[2:]
     namespace = "/"
     if rest.startswith("/"):
-        ns, sep, rest = rest.partition(",")
-        namespace = ns if sep else ns
+        ns, _, rest = rest.partition(",")
+        namespace = ns
     digits = len(rest) - len(rest.lstrip("0123456789"))
     pid = int(rest[:digits]) if digits else None
     rest = rest[digits:]
@@ -428,7 +431,7 @@ def gen_connect_auth(rng: random.Random, i: int, token: str) -> FuzzInput:
         '"string"', "123", "[]", "null", "true", "false", "0", '""', "{}", '{"token":5}', '{"token":null}',
         '{"token":{"a":[1,2]}}', '{"token":["x"]}', f'{{"token":"{token[:-3]}xyz"}}',
         f'{{"token":"{token}","extra":{_dumps(_json_value(rng))}}}', '{"token":"' + "x" * 60000 + '"}',
-        '{"token":"a.b.c"}', '{"token":"' + "\\ud800" + '"}', "1e309", '{"token":' + str(2**100) + "}",
+        '{"token":"a.b.c"}', '{"token":"' + "\\ud800" + '"}', "[1e309]", '{"token":' + str(2**100) + "}",
         _dumps({"k" + str(n): n for n in range(2000)}), _nested_dict(300)])
     deep = rng.choice([_nested_dict(5000), "[" * 20000 + "]" * 20000, "{", '{"token":', "{'token':1}"])
     use_deep = rng.random() < 0.25
@@ -457,11 +460,12 @@ def gen_binary(rng: random.Random, i: int, token: str) -> FuzzInput:
     ack = rng.randrange(1, 100)
     holder = {"_placeholder": True, "num": num} if num is not None else {"_placeholder": True}
     header = f"4{ptype}{declared}-{ack}{_dumps([_event(rng), {'blob': holder, 'n': 1}])}"
+    well_formed = ptype == "5" and declared == provided == 1 and num == 0
     if rng.random() < 0.15:
         header = f"4{ptype}{rng.choice(['', '-', 'x-', '00-', '99999999999-'])}{ack}{_dumps(['sync', holder])}"
-    frames = (header, *(rng.randbytes(rng.randrange(0, 64)) for _ in range(provided)))
+        well_formed = False
+    frames: tuple[Frame, ...] = (header, *(rng.randbytes(rng.randrange(0, 64)) for _ in range(provided)))
     pending = max(0, declared - provided)
-    well_formed = (ptype == "5" and declared == provided == 1 and num == 0 and not header.startswith("45-"))
     return FuzzInput(i, "binary", "ws", True, frames, "answer" if well_formed else "any",
                      ack_ids=(ack,) if well_formed else (), probes=pending + 1)
 
@@ -471,8 +475,8 @@ def gen_huge_numbers(rng: random.Random, i: int, token: str) -> FuzzInput:
                       "-Infinity", "9" * 99, "9" * 101, "1" + "0" * 4000, "0.0000000000000000001",
                       "123456789012345678901234567890.5e300"])
     ack = rng.randrange(1, 100)
-    body = rng.choice([f'["sync",{{"channels":{{"1":{num}}}}}]', f'["message:send",{{"channel_id":{num},'
-                       f'"content":"x","nonce":{num}}}]', f'["typing:start",{num}]', f"[{num}]"])
+    send = f'["message:send",{{"channel_id":{num},"content":"x","nonce":{num}}}]'
+    body = rng.choice([f'["sync",{{"channels":{{"1":{num}}}}}]', send, f'["typing:start",{num}]', f"[{num}]"])
     decodable = len(num) <= 100 or "e" in num or "." in num
     return FuzzInput(i, "huge_numbers", _ws_or_poll(rng), True, (f"42{ack}{body}",),
                      "answer" if decodable and not body.startswith(f"[{num}") else "any",
@@ -495,8 +499,7 @@ def gen_not_array(rng: random.Random, i: int, token: str) -> FuzzInput:
     body = rng.choice(['{"a":1}', '"sync"', "5", "null", "true", '{"0":"sync"}', "[]", "[[]]", "[{}]",
                        '[["sync"]]', '[{"e":"sync"}]', "[null]", "[1.5]", '["sync"', "[]]", "[,]",
                        "['sync']", '["connect"]', '["disconnect",{}]', '["__proto__"]', "\ufeff[1]"])
-    return FuzzInput(i, "not_array", _ws_or_poll(rng), True, (f"42{ack}{body}",),
-                     reconnect=True)
+    return FuzzInput(i, "not_array", _ws_or_poll(rng), True, (f"42{ack}{body}",))
 
 
 def gen_reserved_event(rng: random.Random, i: int, token: str) -> FuzzInput:
@@ -508,8 +511,26 @@ def gen_reserved_event(rng: random.Random, i: int, token: str) -> FuzzInput:
     return FuzzInput(i, "reserved_event", _ws_or_poll(rng), True, (f"42{ack}{body}",))
 
 
+SURROGATE_EVENTS = [
+    '["message:send",{"channel_id":"1","content":"S","nonce":"n"}]',
+    '["message:send",{"channel_id":"1","content":"x","nonce":"S"}]',
+    '["presence:update",{"status":"online","activity":"S"}]',
+    '["presence:update",{"status":"S"}]', '["sync",{"channels":{"S":1}}]',
+    '["dm:send",{"recipient_id":"S","content":"x","nonce":"n"}]', '["S",{}]',
+    '["typing:start",{"channel_id":"S"}]', '["channel:join",{"channel_id":"S"}]',
+    '["voice:join",{"channel_id":"S"}]', '["mod:kick",{"guild_id":"1","user_id":"S","reason":"S"}]',
+]
+
+
+def gen_surrogate(rng: random.Random, i: int, token: str) -> FuzzInput:
+    """Lone UTF-16 surrogates: valid JSON escapes, but no UTF-8 encoding exists for them."""
+    ack = rng.randrange(1, 100)
+    body = rng.choice(SURROGATE_EVENTS).replace("S", rng.choice(["\\ud800", "\\udfff", "a\\udc00b"]))
+    return FuzzInput(i, "surrogate", _ws_or_poll(rng), True, (f"42{ack}{body}",), "answer", ack_ids=(ack,))
+
+
 def gen_empty(rng: random.Random, i: int, token: str) -> FuzzInput:
-    frame: Frame = rng.choice(["", b"", "4", "42", "40", "4\x1e", " "])
+    frame: Frame = rng.choice(["", b"", "4", "42", "40", "4\x1e", " "])  # type: ignore[assignment]
     return FuzzInput(i, "empty", "ws", rng.random() < 0.7, (frame,),
                      reconnect=frame == "40")
 
@@ -528,7 +549,7 @@ def gen_eio_order(rng: random.Random, i: int, token: str) -> FuzzInput:
     closing = rng.random() < 0.1
     frames = frames + (("1",) if closing else ())
     return FuzzInput(i, "eio_order", _ws_or_poll(rng), rng.random() < 0.7, frames,
-                     "close" if closing else "any")
+                     "end" if closing else "any")
 
 
 def gen_polling_separators(rng: random.Random, i: int, token: str) -> FuzzInput:
@@ -560,7 +581,7 @@ def gen_oversized(rng: random.Random, i: int, token: str) -> FuzzInput:
 
 def gen_unknown_sid(rng: random.Random, i: int, token: str) -> FuzzInput:
     sid = rng.choice(["AAAAAAAAAAAAAAAAAAAA", "", "../../etc", "x" * 5000, "\u2603", "0"])
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 and sid:  # an empty sid is a new session (Engine.IO handshake), not an unknown one
         return FuzzInput(i, "unknown_sid_ws", "http", False, http=HttpCall("GET", {"EIO": "4", "sid": sid}),
                          unknown_sid_ws=True)
     method = rng.choice(["GET", "POST"])
@@ -612,11 +633,11 @@ def gen_random_bytes(rng: random.Random, i: int, token: str) -> FuzzInput:
 
 GENERATORS: list[tuple[Gen, int]] = [
     (gen_valid, 6), (gen_truncated, 8), (gen_bad_type, 6), (gen_namespace, 6), (gen_connect_auth, 8),
-    (gen_event_before_connect, 4), (gen_stray_ack, 5), (gen_binary, 8), (gen_huge_numbers, 6),
+    (gen_event_before_connect, 4), (gen_stray_ack, 5), (gen_binary, 4), (gen_huge_numbers, 6),
     (gen_deep_nesting, 5), (gen_not_array, 6), (gen_reserved_event, 2), (gen_empty, 4),
     (gen_invalid_utf8, 4), (gen_eio_order, 5), (gen_polling_separators, 3), (gen_polling_many, 2),
     (gen_oversized, 2), (gen_unknown_sid, 3), (gen_bad_http, 3), (gen_reconnect, 3), (gen_ack_id_edge, 3),
-    (gen_random_bytes, 6),
+    (gen_random_bytes, 6), (gen_surrogate, 3),
 ]
 
 
@@ -655,7 +676,7 @@ class Session:
             self.acks[pkt.id] = pkt.data
         elif pkt.type == 0 and pkt.namespace == "/":
             self.connected = True
-        elif pkt.type in (1, 4) and pkt.namespace == "/":
+        elif pkt.type == 1 and pkt.namespace == "/":
             self.connected = False
         if pkt.type in (3, 4) and internal_in(pkt):
             self.outcome.errors.append("internal")
@@ -671,7 +692,7 @@ class Session:
                 return False
             try:
                 self.absorb(await self.conn.recv(left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         return True
 
@@ -687,18 +708,17 @@ async def _open(http: aiohttp.ClientSession, base_url: str, transport: Transport
     return ws
 
 
-async def _connect_ns(s: Session, token: str) -> bool:
-    await s.conn.send([f'40{_dumps({"token": token})}'])
+async def _connect_ns(s: Session, token: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> bool:
     seen = len(s.prefixes)
-    await s.read_until(lambda: any(p in ("40", "44") for p in s.prefixes[seen:]), HANDSHAKE_TIMEOUT_S)
+    await s.conn.send([f'40{_dumps({"token": token})}'])
+    await s.read_until(lambda: any(p in ("40", "44") for p in s.prefixes[seen:]), timeout)
     return s.connected
 
 
 async def _probe(s: Session, fi: FuzzInput, token: str) -> None:
-    if (not s.connected or fi.reconnect) and not await _connect_ns(s, token):
-        if not s.connected and "44" in s.prefixes[-1:]:
-            s.outcome.notes.append("reconnect refused")
-        return
+    """A ``sync`` with an ack must be answered as usual (after a CONNECT if "/" may be gone)."""
+    if fi.reconnect or not s.connected:
+        await _connect_ns(s, token, PROBE_TIMEOUT_S)
     ids = [PROBE_ID + n for n in range(fi.probes)]
     await s.conn.send([f"42{pid}{PROBE_EVENT}" for pid in ids])
     if await s.read_until(lambda: any(pid in s.acks for pid in ids), PROBE_TIMEOUT_S):
@@ -727,7 +747,21 @@ async def _exercise(s: Session, fi: FuzzInput, token: str) -> None:
         await s.read_until(lambda: False, ANSWER_TIMEOUT_S)
         s.outcome.errors.append("not_closed")
         return
+    elif fi.expect == "end":
+        await _expect_ended(s)
+        return
     await _probe(s, fi, token)
+
+
+async def _expect_ended(s: Session) -> None:
+    """After an Engine.IO CLOSE from the client the session must be gone: closed, or at least
+    no longer answering (the server may leave the transport for the client to close)."""
+    await s.conn.send([f"42{PROBE_ID}{PROBE_EVENT}"])
+    if await s.read_until(lambda: PROBE_ID in s.acks, 2.0):
+        s.outcome.errors.append("alive_after_close")
+        return
+    s.outcome.closed = True
+    s.outcome.notes.append("transport left open after the client's CLOSE packet")
 
 
 def _judge(s: Session, fi: FuzzInput) -> None:
@@ -739,7 +773,7 @@ def _judge(s: Session, fi: FuzzInput) -> None:
     elif bad_acks:
         o.notes.append(f"non-contract ack {bad_acks[0]!r:.200}")
     o.answered = s.others > 0 or any(i < PROBE_ID for i in s.acks)
-    if o.closed:
+    if o.closed or fi.expect == "end":
         return
     if fi.expect == "answer" and _answers_missing(s, fi):
         o.errors.append("no_answer")
@@ -806,7 +840,7 @@ async def replay(http: aiohttp.ClientSession, base_url: str, token: str, fi: Fuz
         if fi.transport == "http":
             return await run_http_input(http, base_url, fi)
         return await run_session_input(http, base_url, token, fi)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
         return Outcome(errors=["client_error"], notes=[f"{type(exc).__name__}: {exc}"[:300]])
 
 
@@ -851,7 +885,7 @@ async def check_alive(ops_url: str, timeout: float = 2.0) -> bool:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{ops_url}/livez", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 return r.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
         return False
 
 
@@ -863,7 +897,7 @@ async def metric_total(ops_url: str, name: str, **labels: str) -> float:
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             head, _, value = line.rpartition(" ")
             if all(w in head for w in wanted):
                 total += float(value)

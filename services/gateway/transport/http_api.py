@@ -121,7 +121,12 @@ class HttpApi:
                     raise
             except ChatError as exc:
                 resp = json_error(exc)
-            except Exception:
+            except Exception as exc:
+                if request.path.startswith("/socket.io/"):
+                    # The Engine.IO layer choked on what the client sent: the client's fault.
+                    log.info("engine.io %s refused: %s", request.method, type(exc).__name__)
+                    metrics.HTTP_REQUESTS.labels("/socket.io/", "400").inc()
+                    return json_error(Invalid("malformed Engine.IO request"))
                 log.exception("http %s %s failed", request.method, route)
                 resp = json_error(Internal("internal error"))
             span.set_attribute("http.status_code", resp.status)

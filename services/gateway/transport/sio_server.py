@@ -26,7 +26,13 @@ SLOW_DROPPED = Counter("chat_gateway_slow_client_dropped_total",
 SLOW_EVICTED = Counter("chat_gateway_slow_client_evicted_total",
                        "Slow clients told to sync and disconnected")
 
+PROTOCOL_ERRORS = Counter("chat_gateway_protocol_errors_total",
+                          "Malformed Socket.IO traffic that closed the connection or was refused", ["kind"])
+
 DROPPABLE_PREFIXES = ('2["typing"', '2["typing:stop"', '2["presence"')
+# Names python-socketio routes to its own handlers: never accepted from a client.
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
+                             "newListener", "removeListener", "*"})
 
 
 class GatewayServer(socketio.AsyncServer):
@@ -92,6 +98,33 @@ class GatewayServer(socketio.AsyncServer):
             log.exception("evicting a slow client failed")
         finally:
             self._evicting.discard(eio_sid)
+
+    # -- malformed traffic ----------------------------------------------------------------
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> Any:
+        name = data[0] if isinstance(data, list) and data else None
+        if not isinstance(name, str) or name in RESERVED_EVENTS:
+            PROTOCOL_ERRORS.labels("bad_event_name").inc()
+            if id is not None:
+                await self._send_packet(eio_sid, self.packet_class(
+                    socketio.packet.ACK, namespace=namespace, id=id,
+                    data=[{"ok": False, "error": {"code": "invalid", "message": "event name not accepted"}}]))
+            return None
+        return await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> Any:
+        """A packet python-socketio cannot parse (e.g. a broken binary event) closes the
+        connection instead of wedging the session."""
+        try:
+            return await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            self._binary_packet.pop(eio_sid, None)
+            PROTOCOL_ERRORS.labels(type(exc).__name__).inc()
+            log.info("malformed packet (%s); closing the connection", type(exc).__name__)
+            try:
+                await self.eio.disconnect(eio_sid)
+            except Exception:
+                log.debug("close after a malformed packet failed", exc_info=True)
+            return None
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type == socketio.packet.EVENT and not self._admit(eio_sid, None):

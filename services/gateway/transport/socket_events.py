@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import socketio
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from libs.auth.tokens import TokenVerifier
@@ -124,7 +125,7 @@ class SocketGateway:
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         started = time.perf_counter()
         ip = client_ip(environ, self.trusted_proxy_header)
-        with _tracer.start_as_current_span("socket.connect"):
+        with _tracer.start_as_current_span("socket.connect", context=otel_context.Context()):
             try:
                 await self.limiter.hit("connect", ip)
                 token = auth.get("token") if isinstance(auth, dict) else None
@@ -207,7 +208,8 @@ class SocketGateway:
         spec = self.events.get(name)
         label = name if spec is not None else "<unknown>"
         started = time.perf_counter()
-        with _tracer.start_as_current_span(f"socket.event {label}") as span:
+        # Each event is its own trace (not a child of whatever the connection's task carried).
+        with _tracer.start_as_current_span(f"socket.event {label}", context=otel_context.Context()) as span:
             try:
                 session = self.sessions.get(sid)
                 if session is None:
@@ -220,9 +222,12 @@ class SocketGateway:
                 if len(args) != 1:
                     raise Invalid("payload: exactly one object argument is expected")
                 try:
+                    msgspec.json.encode(args[0])  # only what can travel on: no lone surrogates
                     payload = msgspec.convert(args[0], spec.schema)
                 except msgspec.ValidationError as exc:
                     raise Invalid(p.describe_error(exc)) from None
+                except (UnicodeError, TypeError, ValueError, OverflowError):
+                    raise Invalid("payload: not valid JSON text (e.g. a lone surrogate)") from None
                 await self.limiter.hit(spec.rule, session.user_id)
                 ack = await spec.handler(session, payload)
                 metrics.EVENTS_PROCESSED.labels(label).inc()
