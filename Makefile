@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_CLIENT := tests/e2e/node/node_modules/.package-lock.json
 
-.PHONY: install up up-detached down test test-fast lint bench clean
+.PHONY: install up up-detached down test test-fast lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,16 @@ lint: install
 
 clean:
 	rm -rf .run $(VENV) tests/e2e/node/node_modules
+
+## Benchmarks against Node Socket.IO 4 and plain python-socketio; writes docs/benchmarks.md.
+## `make bench BENCH_ARGS=--quick` for the short run.
+bench: install
+	cd bench/node && npm ci --no-audit --no-fund --silent
+	$(PY) -m pip install -q --disable-pip-version-check matplotlib==3.11.2
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+## The full reliability suite: longer faults, a 10-minute soak, 100,000 fuzz inputs;
+## writes docs/reliability.md.
+chaos: install $(NODE_CLIENT)
+	CHAT_CHAOS_LONG=1 CHAT_FUZZ_INPUTS=100000 CHAT_CHAOS_REPORT=docs/reliability.md \
+		$(PY) -m pytest -q -p no:cacheprovider tests/chaos

@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-from libs.servers.processes import RedisServer, free_port  # noqa: E402
-from libs.testing.fixtures import Servers, start_cluster, start_servers  # noqa: E402
+from libs.servers.processes import RedisServer, free_port
+from libs.testing.fixtures import Servers, start_cluster, start_servers
 
 NODE_DIR = BENCH / "node"
 RUN_DIR = ROOT / ".run" / "bench"
@@ -197,11 +197,10 @@ async def _mint(urls: list[str], n: int, prefix: str) -> list[str]:
     sem = asyncio.Semaphore(50)
     async with aiohttp.ClientSession() as http:
         async def one(i: int) -> str:
-            async with sem:
-                async with http.post(f"{urls[i % len(urls)]}/api/v1/dev/token",
-                                     json={"sub": f"{prefix}{i}", "name": f"{prefix}{i}"}) as r:
-                    assert r.status == 200, await r.text()
-                    return str((await r.json())["token"])
+            async with sem, http.post(f"{urls[i % len(urls)]}/api/v1/dev/token",
+                                 json={"sub": f"{prefix}{i}", "name": f"{prefix}{i}"}) as r:
+                assert r.status == 200, await r.text()
+                return str((await r.json())["token"])
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
@@ -304,13 +303,13 @@ def _run_scenario(scenario: str, stack: Any, sz: Sizes) -> dict[str, Any]:
             tokens = mint(stack, sz.conn_count, f"idle{int(time.time())}-")
             cfg = {"count": sz.conn_count, "tokens": tokens, "targetPid": stack.node_pid(0), "idleSeconds": sz.conn_idle_s,
                    "connectConcurrency": 50}
-            return loadgen(scenario, stack, cfg, 300)
+            return loadgen(scenario, stack, cfg, 900)
         if scenario == "storm":
             per = sz.storm_clients // sz.storm_channels + 1  # + the channel's sender, not dropped
             tokens = mint(stack, per * sz.storm_channels, f"storm{int(time.time())}-")
             chans = rooms(stack, tokens, sz.storm_channels, per, "storm")
             cfg = {"channels": chans, "rate": sz.storm_rate, "stormTimeoutSeconds": sz.storm_timeout_s, "connectConcurrency": conc}
-            return loadgen(scenario, stack, cfg, 300)
+            return loadgen(scenario, stack, cfg, 900)
         raise ValueError(scenario)
     except Exception as exc:
         say(f"  {scenario} on {stack.name} failed: {exc}")
@@ -345,7 +344,7 @@ def machine() -> dict[str, str]:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
         pg = cmd([found[-1], "--version"]) if found else "?"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": str(os.cpu_count()), "cpu_model": cpu, "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(), "python": platform.python_version(),
         "python-socketio": version("python-socketio"), "python-engineio": version("python-engineio"),
@@ -384,13 +383,13 @@ def fanout_figures(r: dict[str, Any] | None) -> dict[str, Any]:
     if r is None:
         return {}
     sat = r["phases"][0]
-    d = max(1, sat["deliveries"])
+    d = sat["deliveries"] or None  # no deliveries: no per-delivery figure
     out: dict[str, Any] = {
-        "sat_dps": sat["deliveries_per_s"], "sat_missing": sat["missing"],
-        "us_nodes": 1e6 * sat["cpu_s"]["nodes"] / d,
-        "us_all": 1e6 * sum(sat["cpu_s"].values()) / d,
+        "sat_dps": sat["deliveries_per_s"], "sat_missing": sat["missing"], "settle_s": r.get("settle_s"),
+        "us_nodes": 1e6 * sat["cpu_s"]["nodes"] / d if d else None,
+        "us_all": 1e6 * sum(sat["cpu_s"].values()) / d if d else None,
         "sat_loadgen_pct": sat["loadgen_cpu_pct"], "sat_p99": sat["latency"]["p99_ms"], "sat_other": sat.get("other_cores"),
-        "cpu_groups": {k: 1e6 * v / d for k, v in sat["cpu_s"].items()},
+        "cpu_groups": {k: 1e6 * v / d for k, v in sat["cpu_s"].items()} if d else {},
     }
     for ph in r["phases"][1:]:
         key = "half" if ph.get("half_saturation") else str(ph["target_deliveries_per_s"])
@@ -467,6 +466,7 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
             vals.append(fmt(v, digits))
         w(f"| {label} | " + " | ".join(vals) + " |")
 
+    row("seconds until the nodes were quiet after the members connected", lambda f: f.get("settle_s"), 1)
     row("deliveries/s at saturation", lambda f: f["sat_dps"], 0)
     row("server CPU per delivery, the two nodes (µs)", lambda f: f["us_nodes"], 1)
     row("server CPU per delivery, all server processes incl. Redis/NATS/Postgres (µs)", lambda f: f["us_all"], 1)
@@ -617,7 +617,7 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     o = F.get("ours") or {}
     n = F.get("node") or {}
     if o and n:
-        w(f"| server CPU per fanout delivery vs Node's | {o['us_nodes']:.1f} µs vs {n['us_nodes']:.1f} µs "
+        w(f"| server CPU per fanout delivery vs Node's | {fmt(o['us_nodes'])} µs vs {fmt(n['us_nodes'])} µs "
           f"({ratio(o['us_nodes'], n['us_nodes'])}) | see ratio |")
     r20 = o.get(f"rate_{sz.fanout_rates[0]}") if o else None
     if r20:
@@ -652,6 +652,8 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     w("| scenario | " + " | ".join(STACK_LABEL[s] for s in stacks) + " |")
     w("|---|" + "---|" * len(stacks))
     for sc, by in results.items():
+        if sc == "_notes":
+            continue
         cells = []
         for s in stacks:
             r = by.get(s) or {}
@@ -664,8 +666,18 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
         w(f"| {sc} | " + " | ".join(cells) + " |")
     w("")
 
+    # ---- notes kept with the results (e.g. a scenario re-run and merged)
+    notes = results.get("_notes") if isinstance(results.get("_notes"), list) else []
+    if notes:
+        w("## Notes on this run")
+        w("")
+        for n_ in notes:
+            w(f"- {n_}")
+        w("")
+
     # ---- failures / sizes
-    fails = [(sc, s, r.get("error", "")) for sc, by in results.items() for s, r in by.items() if not r.get("ok")]
+    fails = [(sc, s, r.get("error", "")) for sc, by in results.items() if sc != "_notes"
+             for s, r in by.items() if not r.get("ok")]
     w("## Sizes run and failures")
     w("")
     w(f"Sizes: fanout {sz.fanout_members:,} members; chat {sz.chat_channels}×{sz.chat_members}; "
@@ -688,7 +700,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
             w("")
     w("## Reproducing")
     w("")
-    w("`make bench` (full sizes, ~15 min) or `.venv/bin/python bench/run.py --quick` (~3–5 min). "
+    w("`make bench` (full sizes; not timed on this machine yet — this project connects at roughly 10 "
+      "authenticated sessions/s under presence load, so the 5,000-client storm setup alone can take "
+      "several minutes) or `.venv/bin/python bench/run.py --quick` (about 9 min here). "
       "`--scenarios` and `--stacks` select a subset. Progress lines are printed per phase.")
     w("")
     out.write_text("\n".join(L))

@@ -186,19 +186,37 @@ async function openRetry(c, attempts = 10) {
     }
   }
 }
+// After a connect burst, wait until the server nodes are quiet (< 10 % of a core over
+// 1 s) before measuring: on a chat stack, members coming online produce presence
+// events to every other member of their guild, which would be measured as backlog.
+async function settle(maxS = 90) {
+  const t0 = now();
+  let prev = snapshot();
+  while ((now() - t0) / 1000 < maxS) {
+    await sleep(1000);
+    const cur = snapshot();
+    const busy = (cur.cpu.nodes - prev.cpu.nodes) / ((cur.t - prev.t) / 1000);
+    prev = cur;
+    if (busy < 0.1) break;
+  }
+  const s = (now() - t0) / 1000;
+  log(`servers quiet after ${s.toFixed(1)} s`);
+  return s;
+}
 async function connectMembers(tokens, rooms, label) {
   const clients = tokens.map((tok, k) => new Client(urls[k % urls.length], tok, rooms[k]));
   const t0 = now();
   const failed = await pool(clients, cfg.connectConcurrency || 100, async (c) => { await openRetry(c); await c.join(); }, label);
   if (failed) throw new Error(`${failed} clients failed to connect`);
-  return { clients, connect_s: (now() - t0) / 1000 };
+  const connect_s = (now() - t0) / 1000;
+  return { clients, connect_s, settle_s: await settle() };
 }
 
 async function fanout() {
   const N = cfg.members;
   const room = cfg.room || "fanout";
   const tokens = cfg.tokens || Array.from({ length: N }, () => null);
-  const { clients, connect_s } = await connectMembers(tokens, tokens.map(() => room), "connected");
+  const { clients, connect_s, settle_s } = await connectMembers(tokens, tokens.map(() => room), "connected");
   const tr = new Tracker();
   for (const c of clients) c.onMsg = (_c, d) => tr.deliver(parse(d).i);
   const sender = clients[0];
@@ -213,7 +231,7 @@ async function fanout() {
   log("warm-up");
   const warm = await openLoop(tr, 2, 2, sendOne);
   await tr.drain(warm.ids, 10000);
-  const result = { members: N, connect_s, phases: [] };
+  const result = { members: N, connect_s, settle_s, phases: [] };
 
   // saturation: closed loop, at most `window` messages not yet delivered to every member
   log(`saturation: closed loop, window ${cfg.window} messages, ${cfg.saturateSeconds} s`);
@@ -268,7 +286,7 @@ async function chat() {
   // cfg.channels: [{room, tokens: [...]}]
   const tokens = [], rooms = [];
   for (const ch of cfg.channels) for (const tok of ch.tokens) { tokens.push(tok); rooms.push(ch.room); }
-  const { clients, connect_s } = await connectMembers(tokens, rooms, "connected");
+  const { clients, connect_s, settle_s } = await connectMembers(tokens, rooms, "connected");
   const byRoom = new Map(cfg.channels.map((ch) => [ch.room, []]));
   clients.forEach((c) => byRoom.get(c.room).push(c));
   const roomList = cfg.channels.map((ch) => ch.room);
@@ -290,7 +308,7 @@ async function chat() {
   log("warm-up");
   const warm = await openLoop(tr, 20, 2, sendOne);
   await tr.drain(warm.ids, 10000);
-  const result = { channels: roomList.length, members_per_channel: M, connect_s, steps: [], best_rate: null };
+  const result = { channels: roomList.length, members_per_channel: M, connect_s, settle_s, steps: [], best_rate: null };
   for (const rate of cfg.rates) {
     await sleep(1000);
     log(`step: ${rate} msg/s for ${cfg.stepSeconds} s`);
@@ -372,6 +390,7 @@ async function storm() {
   log(`connecting ${members.length} clients + ${senders.length} senders`);
   const failed = await pool(all, cfg.connectConcurrency || 100, async (c) => { await openRetry(c); await c.join(); }, "connected");
   if (failed) throw new Error(`${failed} clients failed to connect`);
+  const settleS = await settle();
   for (const c of members) c.backAt = 0;
 
   // steady traffic through the storm
@@ -437,7 +456,7 @@ async function storm() {
     reconnect_ms: summary(reconnectTimes), back_ms: summary(backTimes),
     acked: [...acked.values()].reduce((n, s) => n + s.size, 0), send_errors: sendErrors,
     missing_before_settle: missingBefore, lost: missingAfter, syncs: members.reduce((n, c) => n + c.syncs, 0),
-    storm_phase: phaseCost(a, b),
+    storm_phase: phaseCost(a, b), settle_s: settleS,
   };
   for (const c of all) c.close();
   return res;

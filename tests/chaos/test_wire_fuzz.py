@@ -67,7 +67,7 @@ async def settled_connections(url: str, expected: int, timeout: float) -> int:
     return count
 
 
-async def test_wire_fuzz_answers_or_closes_and_never_leaks(cluster: Stack) -> None:
+async def test_wire_fuzz_answers_or_closes_and_never_leaks(cluster: Stack, chaos_record) -> None:
     bases, ops = cluster.gateways, ops_urls(cluster)
     token = await dev_token(bases[0], f"wirefuzz{uuid.uuid4().hex[:6]}")
     start_conns = [await wire_fuzz.active_connections(u) for u in ops]
@@ -88,6 +88,8 @@ async def test_wire_fuzz_answers_or_closes_and_never_leaks(cluster: Stack) -> No
     for line in report.findings[:20]:
         log.info("finding: %s", line)
 
+    crashed = [p.name for p in cluster.cluster.processes if not p.alive]
+    chaos_record(kind="fuzz", inputs=report.sent, crashes=len(crashed), detail=report.summary())
     assert report.sent == INPUTS
     assert all(p.alive for p in cluster.cluster.processes), [p.name for p in cluster.cluster.processes
                                                               if not p.alive]
