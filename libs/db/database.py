@@ -29,6 +29,10 @@ MIGRATION_LOCK = 0x63686174  # "chat"
 
 _TRANSIENT = (
     OSError,
+    ConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,
     asyncio.TimeoutError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -100,10 +104,18 @@ class Database:
             initial=self.backoff.initial, maximum=self.backoff.maximum, factor=self.backoff.factor))
 
     async def _probe(self) -> bool:
+        """A fresh connection (pooled ones may be dead after a restart); on success the pool's
+        old connections are replaced on their next use."""
         if self.pool is None:
             return False
-        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-            return bool(await conn.fetchval("SELECT 1"))
+        conn = await asyncpg.connect(self.dsn, timeout=self.acquire_timeout)
+        try:
+            ok = bool(await conn.fetchval("SELECT 1"))
+        finally:
+            await conn.close()
+        if ok:
+            await self.pool.expire_connections()
+        return ok
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:

@@ -97,3 +97,5 @@ def setup_logging(service: str, node: str, fmt: str = "text", level: str = "INFO
     # Chatty libraries: their own errors surface through our logs and counters.
     for name in ("engineio", "socketio", "aiohttp.access", "nats"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # asyncpg logs every failed pool refill with a traceback; our own adapter logs the outage once.
+    logging.getLogger("asyncpg").setLevel(logging.ERROR)

@@ -45,6 +45,7 @@ class CircuitBreaker:
         self.successes = 0
         self.in_flight_probes = 0
         self.opened_at = 0.0
+        self.half_opened_at = 0.0
         self.last_change = time.time()
         self.trips = 0
         metrics.BREAKER_STATE.labels(name).set(0)
@@ -58,6 +59,8 @@ class CircuitBreaker:
                     extra={"breaker": self.name, "failures": self.failures})
         metrics.BREAKER_TRANSITIONS.labels(self.name, state).inc()
         metrics.BREAKER_STATE.labels(self.name).set(STATE_VALUE[state])
+        if state == "half_open":
+            self.half_opened_at = self._clock()
         if state == "open":
             self.trips += 1
             metrics.BREAKER_TRIPS.labels(self.name).inc()
@@ -108,6 +111,11 @@ class CircuitBreaker:
             while True:
                 if self.state != "open":
                     backoff.reset()
+                    stuck = self.state == "half_open" and self._clock() - self.half_opened_at > 5.0
+                    if stuck and self.in_flight_probes >= self.half_open_probes:
+                        # Probe slots whose callers never reported back: let new probes in.
+                        self.in_flight_probes = 0
+                        self.half_opened_at = self._clock()
                     await asyncio.sleep(0.5)
                     continue
                 await asyncio.sleep(backoff.next_delay())

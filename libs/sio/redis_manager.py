@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 
 from libs.observability import metrics
 from libs.resilience.backoff import Backoff
@@ -147,6 +148,29 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 log.exception("on_connect hook failed")
         return result
 
+    # -- local delivery: one encoding, no task per recipient -------------------------------
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        deliver = getattr(self.server, "deliver", None)
+        if deliver is None or message.get("callback") is not None or message.get("binary"):
+            return await super()._handle_emit(message)
+        namespace = message.get("namespace") or "/"
+        if namespace not in self.rooms:
+            return None
+        data = message["data"]
+        if not isinstance(data, list):
+            data = [data]
+        if data == [None]:
+            data = []
+        pkt = self.server.packet_class(socketio.packet.EVENT, namespace=namespace, data=[message["event"], *data])
+        encoded = pkt.encode()
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        skip = message.get("skip_sid")
+        skip_set = set(skip) if isinstance(skip, list) else {skip}
+        for sid, eio_sid in self.get_participants(namespace, message.get("room")):
+            if sid not in skip_set:
+                deliver(eio_sid, eio_pkt)
+        return None
+
     # -- publishing --------------------------------------------------------------------
     async def _publish(self, data: Any) -> None:
         room = data.get("room") if isinstance(data, dict) else None
@@ -169,6 +193,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                     continue
                 batch = self.queue.take(self.batch_size)
                 if not batch:
+                    self.breaker.record_success()  # nothing to send: give the probe slot back
                     break
                 try:
                     pipe = self._publisher().pipeline(transaction=False)

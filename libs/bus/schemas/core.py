@@ -111,6 +111,7 @@ class ReadyReply(Struct):
     channels: list[Channel]
     friend_ids: list[str] = []
     contact_ids: list[str] = []  # friends and co-members (capped), whose presence `ready` shows
+    presence_guild_ids: list[str] = []  # guilds small enough for presence broadcasts
 
 
 class SendMessage(Struct):

@@ -18,6 +18,7 @@ class Session:
     channels: set[str] = field(default_factory=set)
     guilds: set[str] = field(default_factory=set)
     friends: set[str] = field(default_factory=set)
+    presence_guilds: set[str] = field(default_factory=set)  # guilds told about this user's presence
     connected_at: float = field(default_factory=time.time)
 
 

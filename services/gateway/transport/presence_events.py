@@ -47,7 +47,7 @@ class PresenceFeature:
 
     def _open(self, s: Session, contacts: list[str], announce: bool = True) -> schemas.SessionOpen:
         return schemas.SessionOpen(user=schemas.UserRef(id=s.user_id, name=s.name), session_id=s.session_id,
-                                   node=self.gw.node_id, guild_ids=sorted(s.guilds), friend_ids=sorted(s.friends),
+                                   node=self.gw.node_id, guild_ids=sorted(s.presence_guilds), friend_ids=sorted(s.friends),
                                    contact_ids=contacts, announce=announce)
 
     async def _call(self, op: str, req: Any, reply: type = schemas.Empty) -> Any:

@@ -126,6 +126,15 @@ class GatewayServer(socketio.AsyncServer):
                 log.debug("close after a malformed packet failed", exc_info=True)
             return None
 
+    # -- fan-out fast path -------------------------------------------------------------------
+    def deliver(self, eio_sid: str, eio_pkt: Any) -> None:
+        """Queue one pre-encoded Engine.IO packet for a local socket, synchronously: no task
+        and no encoding per recipient (the adapter's fan-out path)."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or not self._admit(eio_sid, eio_pkt.data):
+            return
+        sock.queue.put_nowait(eio_pkt)
+
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type == socketio.packet.EVENT and not self._admit(eio_sid, None):
             return

@@ -16,6 +16,9 @@ from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, iso, message_from_row
 
 MAX_CONTACTS = 1000  # presences carried by `ready`; larger audiences query presence on demand
+# Guilds above this size get no presence broadcasts (each change would reach every member:
+# O(n^2) deliveries when a large guild comes online); friends still see each other.
+PRESENCE_GUILD_MAX = 250
 ROLE_RANK = {"member": 0, "moderator": 1, "admin": 2, "owner": 3}
 
 
@@ -49,7 +52,9 @@ class Store:
         async with self.db.connection() as conn:
             await self.ensure_user(conn, user)
             guild_rows = await conn.fetch(
-                "SELECT g.id, g.name, gm.role FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id "
+                "SELECT g.id, g.name, gm.role, "
+                " (SELECT count(*) FROM guild_members x WHERE x.guild_id = g.id) AS members "
+                "FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id "
                 "WHERE gm.user_id = $1 ORDER BY g.id", user.id)
             channel_rows = await conn.fetch(
                 "SELECT c.* FROM channels c JOIN guild_members gm ON gm.guild_id = c.guild_id "
@@ -61,15 +66,16 @@ class Store:
             friends = [r["friend_id"] for r in await conn.fetch(
                 "SELECT f.friend_id FROM friendships f JOIN friendships b "
                 "ON b.user_id = f.friend_id AND b.friend_id = f.user_id WHERE f.user_id = $1", user.id)]
+            small = [r["id"] for r in guild_rows if r["members"] <= PRESENCE_GUILD_MAX]
             co_members = [r["user_id"] for r in await conn.fetch(
-                "SELECT DISTINCT o.user_id FROM guild_members me JOIN guild_members o ON o.guild_id = me.guild_id "
-                "WHERE me.user_id = $1 AND o.user_id <> $1 LIMIT $2", user.id, MAX_CONTACTS)]
+                "SELECT DISTINCT user_id FROM guild_members WHERE guild_id = ANY($2::bigint[]) AND user_id <> $1 "
+                "LIMIT $3", user.id, small, MAX_CONTACTS)]
         contacts = list(dict.fromkeys(friends + co_members))[:MAX_CONTACTS]
         return schemas.ReadyReply(
             user=user,
             guilds=[schemas.GuildSummary(id=str(r["id"]), name=r["name"], role=r["role"]) for r in guild_rows],
             channels=[channel_from_row(r) for r in channel_rows],
-            friend_ids=friends, contact_ids=contacts,
+            friend_ids=friends, contact_ids=contacts, presence_guild_ids=[str(g) for g in small],
         )
 
     # -- access --------------------------------------------------------------------------
