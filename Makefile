@@ -33,6 +33,8 @@ down:
 
 ## The whole suite, against real NATS, Redis and Postgres started on free ports.
 test: install $(NODE_CLIENT)
+	$(PY) -m ruff check libs services tests bench
+	$(PY) -m mypy libs services
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install

@@ -76,13 +76,17 @@ class Bus:
             initial=self.backoff.initial, maximum=self.backoff.maximum, factor=self.backoff.factor))
 
     async def _probe(self) -> bool:
-        return self.connected
+        """A round trip to the NATS server."""
+        if self.nc is None or not self.nc.is_connected:
+            return False
+        await self.nc.flush(timeout=2)
+        return True
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     @property
@@ -208,7 +212,7 @@ class Bus:
                     headers = inject_headers({DEADLINE_HEADER: str(int((time.time() + wait) * 1000))})
                     try:
                         msg = await nc.request(subject, schemas.dumps(payload), timeout=wait, headers=headers)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    except (TimeoutError, nats.errors.TimeoutError):
                         raise Unavailable("service did not answer in time") from None
                     except nats.errors.NoRespondersError:
                         raise Unavailable("no service instance is available") from None
@@ -247,7 +251,7 @@ class Bus:
         they wait in NATS). A request whose caller has already given up (its deadline
         header has passed) is dropped unanswered instead of doing work nobody waits for.
         """
-        decoder = self._decoder(request_type)
+        decoder: msgspec.json.Decoder[Any] = self._decoder(request_type)
         label = metric_label(subject)
         slots = asyncio.Semaphore(max_concurrency)
         running: set[asyncio.Task[None]] = set()
@@ -256,7 +260,11 @@ class Bus:
             await slots.acquire()
             task = asyncio.create_task(handle(msg))
             running.add(task)
-            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
 
         async def handle(msg: Msg) -> None:
             deadline = (msg.headers or {}).get(DEADLINE_HEADER)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from libs.auth.tokens import issue_dev_token
 from libs.servers.cluster import SERVICES, Cluster
-from libs.servers.processes import (ManagedServer, NatsServer, PostgresServer, RedisServer,
-                                    port_open)
+from libs.servers.processes import ManagedServer, NatsServer, PostgresServer, RedisServer, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / ".run"
@@ -76,9 +75,9 @@ def resolve_dependencies(own: list[ManagedServer]) -> tuple[str, str, str]:
         if port_open(6379):
             redis = "redis://127.0.0.1:6379/0"
         else:
-            srv = RedisServer(RUN / "redis").start()
-            own.append(srv)
-            redis = srv.url
+            rsrv = RedisServer(RUN / "redis").start()
+            own.append(rsrv)
+            redis = rsrv.url
     db = os.environ.get("CHAT_DATABASE_URL")
     if not db:
         candidate = "postgresql://postgres@127.0.0.1:5432/chat"

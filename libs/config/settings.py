@@ -77,7 +77,7 @@ def load(cls: type[T], env: Mapping[str, str], **overrides: Any) -> T:
                 problems.append(f"{key}: {exc}")
     if problems:
         raise ConfigError(problems)
-    obj = cls(**values)
+    obj: Any = cls(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         more = validate()
@@ -101,7 +101,7 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
 def check_config(cls: type, env: Mapping[str, str]) -> tuple[bool, str]:
     """What ``--check-config`` prints: the effective settings or every problem."""
     try:
-        obj = load(cls, env)
+        obj: Any = load(cls, env)
     except ConfigError as exc:
         return False, "\n".join(f"config error: {p}" for p in exc.problems)
     lines = []

@@ -121,7 +121,7 @@ class Database:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def _set_state(self, state: str) -> None:

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from libs.observability import metrics
-from prometheus_client import Gauge
 
 TASKS = Gauge("chat_process_asyncio_tasks", "asyncio tasks alive in this process")
 

@@ -8,11 +8,12 @@ and logged; :meth:`snapshot` feeds ``/status/circuit-breakers``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, TypeVar
 
 from libs.errors import ChatError, Unavailable
 from libs.observability import metrics
@@ -91,9 +92,7 @@ class CircuitBreaker:
 
     def record_failure(self) -> None:
         self.failures += 1
-        if self.state == "half_open":
-            self._move("open")
-        elif self.state == "closed" and self.failures >= self.failure_threshold:
+        if self.state == "half_open" or self.state == "closed" and self.failures >= self.failure_threshold:
             self._move("open")
 
     def half_open(self) -> None:
@@ -101,33 +100,39 @@ class CircuitBreaker:
         if self.state == "open":
             self._move("half_open")
 
-    def start_prober(self, probe: Callable[[], Awaitable[bool]], backoff: Any) -> "asyncio.Task[None]":
+    def start_prober(self, probe: Callable[[], Awaitable[bool]], backoff: Any) -> asyncio.Task[None]:
         """While open, run ``probe`` on the reconnect backoff schedule (1 s -> 30 s); the
         first success half-opens the breaker, so recovery does not wait out ``open_s``
         once the dependency is back. Returns the task (cancel it on shutdown)."""
-        import asyncio
+        async def attempt() -> bool:
+            try:
+                return bool(await asyncio.wait_for(probe(), 3))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return False
 
         async def run() -> None:
             while True:
-                if self.state != "open":
+                if self.state == "closed":
                     backoff.reset()
-                    stuck = self.state == "half_open" and self._clock() - self.half_opened_at > 5.0
-                    if stuck and self.in_flight_probes >= self.half_open_probes:
+                    await asyncio.sleep(0.5)
+                    continue
+                if self.state == "half_open":
+                    # Probes count like calls, so the breaker closes even when no traffic comes.
+                    if self.allow():
+                        if await attempt():
+                            self.record_success()
+                        else:
+                            self.record_failure()
+                    elif self._clock() - self.half_opened_at > 5.0:
                         # Probe slots whose callers never reported back: let new probes in.
                         self.in_flight_probes = 0
                         self.half_opened_at = self._clock()
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(1.0)
                     continue
                 await asyncio.sleep(backoff.next_delay())
-                if self.state != "open":
-                    continue
-                try:
-                    ok = await asyncio.wait_for(probe(), 3)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    ok = False
-                if ok:
+                if self.state == "open" and await attempt():
                     log.info("breaker %s: probe succeeded", self.name)
                     self.half_open()
 
@@ -174,8 +179,6 @@ class CircuitBreaker:
 
 
 def _is_dependency_failure(exc: BaseException) -> bool:
-    import asyncio
-
     if isinstance(exc, asyncio.CancelledError):
         return False
     if isinstance(exc, ChatError):

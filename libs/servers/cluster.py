@@ -35,7 +35,7 @@ class ServiceProcess:
     def name(self) -> str:
         return self.env.get("CHAT_NODE_ID", self.module)
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         out: int | IO[bytes] | None = None if self.inherit_output else subprocess.DEVNULL
         if self.log_path is not None and not self.inherit_output:
             self._log = open(self.log_path, "ab")
@@ -132,7 +132,7 @@ class Cluster:
         return proc
 
     def start(self, gateway_ports: tuple[int, ...] = (0, 0), timeout: float = 60.0,
-              service_ops_ports: dict[str, int] | None = None) -> "Cluster":
+              service_ops_ports: dict[str, int] | None = None) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for module in SERVICES:
             self.add_service(module, ops_port=(service_ops_ports or {}).get(module)).start()

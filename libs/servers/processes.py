@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 
 def free_port() -> int:
@@ -95,7 +95,7 @@ class ManagedServer:
     def url(self) -> str:
         raise NotImplementedError
 
-    def start(self, timeout: float = 30.0) -> "ManagedServer":
+    def start(self, timeout: float = 30.0) -> Self:
         self.prepare()
         self._log = open(self.data_dir.parent / f"{self.name}-{self.port}.log", "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,

@@ -128,7 +128,7 @@ async def _main(service: str, node_id: str, settings: Any,
         readiness.draining = True
         try:
             await asyncio.wait_for(_drain(ctx), max(1.0, settings.drain_grace_s - 2))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s: drain did not finish within the grace period", service)
     log.info("%s stopped", service)
 

@@ -93,6 +93,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._pub_redis: Any = None
+        self.pubsub: Any = None
+        self.redis: Any = None
         self.listener_up = False
         self.listener_gaps = 0
         self.reconnects = 0
@@ -264,6 +266,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             try:
                 await self._close_listener_connection()
                 self._redis_connect()
+                assert self.pubsub is not None
                 await self.pubsub.subscribe(self.channel, self._watchdog_channel)
                 self._set_listener(True)
                 self._last_watchdog_rx = time.monotonic()

@@ -52,7 +52,7 @@ class ChatClient:
         self.token = ""
         self.sockets: list[Recorder] = []
 
-    async def login(self) -> "ChatClient":
+    async def login(self) -> ChatClient:
         async with self.http.post(f"{self.base}/api/v1/dev/token", json={"sub": self.user_id, "name": self.name}) as r:
             assert r.status == 200, await r.text()
             self.token = (await r.json())["token"]

@@ -55,7 +55,7 @@ class Member:
             sio.on("reconnect", self._on_reconnect)
             sio.on("disconnect", self._on_disconnect)
             ready = asyncio.Event()
-            sio.on("ready", lambda _data: ready.set())
+            sio.on("ready", lambda _data, ready=ready: ready.set())
             try:
                 await sio.connect(url, auth={"token": self.token}, transports=["websocket"], wait_timeout=5)
                 await asyncio.wait_for(ready.wait(), 10)

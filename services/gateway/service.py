@@ -16,9 +16,9 @@ from libs.service.runner import ProcessContext
 from libs.sio.redis_manager import ResilientRedisManager
 from services.gateway import metrics
 from services.gateway.settings import GatewaySettings
+from services.gateway.transport import mod_events, presence_events, voice_events
 from services.gateway.transport.http_api import HttpApi
 from services.gateway.transport.ops_routes import GatewayOps
-from services.gateway.transport import mod_events, presence_events, voice_events
 from services.gateway.transport.sio_server import GatewayServer
 from services.gateway.transport.socket_events import SocketGateway
 
@@ -37,7 +37,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
         ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
         max_http_buffer_size=s.max_frame_bytes, logger=False, engineio_logger=False,
         connect_timeout_s=s.connect_timeout_s, queue_soft=s.client_queue_soft, queue_hard=s.client_queue_hard,
-        channels_of=lambda sid: sorted(holder["gw"].sessions.get(sid).channels) if holder["gw"].sessions.get(sid) else [],
+        channels_of=lambda sid: sorted(getattr(holder["gw"].sessions.get(sid), "channels", ())),
     )
     bus = await ctx.start_bus(stack)
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
@@ -53,7 +53,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     mod_events.register(gateway)
     voice_events.register(gateway)
     presence_events.register(gateway)
-    jobs = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in gateway.background]
+    jobs: list[asyncio.Future[None]] = [asyncio.ensure_future(job()) for job in gateway.background]
 
     async def stop_jobs() -> None:
         for t in jobs:

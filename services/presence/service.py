@@ -42,11 +42,13 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     async def typing_loop() -> None:
         while True:
             nxt = await guarded(handlers, presence.sweep_typing)
-            wait = s.typing_sweep_s if nxt is None else min(s.typing_sweep_s, max(0.05, nxt - time.time()))
+            wait = s.typing_sweep_s
+            if isinstance(nxt, float):
+                wait = min(s.typing_sweep_s, max(0.05, nxt - time.time()))
             presence.typing_wakeup.clear()
             try:
                 await asyncio.wait_for(presence.typing_wakeup.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def every(interval: float, job: Callable[[], Awaitable[object]]) -> None:

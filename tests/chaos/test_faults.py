@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from libs.servers.processes import RedisServer, free_port
 from libs.testing.fixtures import Stack
@@ -24,15 +23,21 @@ RATE = float(os.environ.get("CHAT_CHAOS_RATE", "200" if long_mode() else "100"))
 RECOVERY_BOUND_S = 45  # backoff cap (30 s) plus a probe and a sync round
 
 
+LAST_HEALTH: dict[str, object] = {}
+
+
 async def health_ok(http: aiohttp.ClientSession, stack: Stack) -> bool:
     for gw in stack.cluster.gateways:
         if not gw.alive:
             continue
         try:
             async with http.get(f"http://127.0.0.1:{gw.ops_port}/health/socket", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if (await r.json())["status"] != "ok":
+                body = await r.json()
+                LAST_HEALTH[gw.name] = body
+                if body["status"] != "ok":
                     return False
-        except Exception:
+        except Exception as exc:
+            LAST_HEALTH[gw.name] = repr(exc)
             return False
     return True
 
@@ -67,7 +72,7 @@ async def run_fault(stack: Stack, fault: str, inject, heal, record, members_n: i
     assert not crashes, crashes
     assert report.lost == 0 and report.unexpected == 0, (report.as_dict(), report.details)
     assert report.acked > RATE * 5, report.as_dict()
-    assert recovery_s < RECOVERY_BOUND_S, recovery_s
+    assert recovery_s < RECOVERY_BOUND_S, (recovery_s, LAST_HEALTH)
 
 
 async def test_redis_kill_9(own_stack, chaos_record):

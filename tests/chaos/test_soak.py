@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import aiohttp
 import socketio
@@ -90,9 +89,16 @@ async def test_soak_is_flat(own_stack, chaos_record):
         first, last = warm[0], warm[-1]
         # Compare averages of the first and last halves after warm-up (robust to GC saw-teeth).
         half = max(1, len(warm) // 2)
-        rss_a = sum(x[0] for x in warm[:half]) / half
-        rss_b = sum(x[0] for x in warm[-half:]) / half
-        ok = rss_b <= rss_a * 1.10 + 4 and last[1] <= first[1] + 10 and last[2] <= first[2] + 20
+
+        def mean(idx: int, part: list[tuple[float, int, int]]) -> float:
+            return sum(x[idx] for x in part) / len(part)
+
+        rss_a, rss_b = mean(0, warm[:half]), mean(0, warm[-half:])
+        fds_a, fds_b = mean(1, warm[:half]), mean(1, warm[-half:])
+        tasks_a, tasks_b = mean(2, warm[:half]), mean(2, warm[-half:])
+        # Churn makes fds and tasks jitter (sockets and their ping tasks come and go):
+        # a trend is a rise of the later half's mean beyond that jitter.
+        ok = rss_b <= rss_a * 1.10 + 4 and fds_b <= fds_a + 15 and tasks_b <= tasks_a * 1.25 + 20
         if not ok:
             problems.append((p.name, rss_a, rss_b, first, last))
         rows.append({"name": p.name, "rss_mib": (rss_a, rss_b), "fds": (first[1], last[1]),

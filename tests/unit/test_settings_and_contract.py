@@ -6,9 +6,9 @@ import pytest
 from libs.bus import subjects
 from libs.config.settings import ConfigError, check_config, load
 from libs.errors import RateLimited, from_dict
+from libs.validation.text import clean_content
 from services.gateway.domain import payloads as p
 from services.gateway.settings import GatewaySettings
-from libs.validation.text import clean_content
 from services.messaging.settings import MessagingSettings
 
 

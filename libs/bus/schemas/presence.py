@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from libs.bus.schemas.core import Struct, UserRef
 
-__all__ = ["Activity", "Presence", "SessionOpen", "SessionOpenReply", "SessionClose", "PresenceUpdate",
-           "TypingRequest", "NodeHeartbeat", "PresenceQuery", "PresenceList"]  # NodeSessions below
+__all__ = [
+    "Activity",
+    "NodeHeartbeat",
+    "Presence",
+    "PresenceList",
+    "PresenceQuery",
+    "PresenceUpdate",
+    "SessionClose",
+    "SessionOpen",
+    "SessionOpenReply",
+    "TypingRequest",
+]  # NodeSessions below
 
 
 class Activity(Struct):

@@ -23,7 +23,7 @@ from services.gateway.transport.openapi import OPENAPI_JSON
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-USER_KEY: web.AppKey[schemas.UserRef] = web.AppKey("user", schemas.UserRef)
+USER_KEY: web.RequestKey[schemas.UserRef] = web.RequestKey("user", schemas.UserRef)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

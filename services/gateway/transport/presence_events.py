@@ -15,8 +15,8 @@ from prometheus_client import Counter
 from libs.bus import schemas, subjects
 from libs.bus.subjects import PresenceOps as Ops
 from libs.errors import NotFound
-from libs.validation.text import clean_plain
 from libs.sio.redis_manager import channel_room
+from libs.validation.text import clean_plain
 from services.gateway.adapters.sessions import Session
 from services.gateway.domain import payloads as p
 from services.gateway.transport.socket_events import Ack, SocketGateway, ok

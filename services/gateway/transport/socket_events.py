@@ -224,7 +224,7 @@ class SocketGateway:
                     raise Invalid("payload: exactly one object argument is expected")
                 try:
                     msgspec.json.encode(args[0])  # only what can travel on: no lone surrogates
-                    payload = msgspec.convert(args[0], spec.schema)
+                    payload: Any = msgspec.convert(args[0], spec.schema)
                 except msgspec.ValidationError as exc:
                     raise Invalid(p.describe_error(exc)) from None
                 except (UnicodeError, TypeError, ValueError, OverflowError):

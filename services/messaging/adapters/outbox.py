@@ -10,14 +10,13 @@ import asyncio
 import logging
 
 from nats.js.api import StreamConfig
+from prometheus_client import Counter, Gauge
 
 from libs.bus import subjects
 from libs.bus.client import Bus
 from libs.db.database import Database
 from libs.errors import ChatError
 from libs.resilience.backoff import Backoff
-
-from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class OutboxPublisher:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

@@ -13,7 +13,12 @@ import orjson
 from libs.bus import schemas, subjects
 from libs.db.database import Database
 from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from services.messaging.adapters.rows import MESSAGE_COLUMNS, channel_from_row, iso, message_from_row
+from services.messaging.adapters.rows import (
+    MESSAGE_COLUMNS,
+    channel_from_row,
+    iso,
+    message_from_row,
+)
 
 MAX_CONTACTS = 1000  # presences carried by `ready`; larger audiences query presence on demand
 # Guilds above this size get no presence broadcasts (each change would reach every member:
@@ -328,7 +333,7 @@ class Store:
                     "SELECT kind, payload::text AS payload FROM channel_events "
                     "WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", chan["id"], after, limit) if limit else []
                 budget -= len(rows)
-                events = [msgspec.Raw(('{"event":"%s",' % r["kind"]).encode() + r["payload"].encode()[1:])
+                events = [msgspec.Raw(f'{{"event":"{r["kind"]}",'.encode() + r["payload"].encode()[1:])
                           for r in rows]
                 last_seq = int(chan["last_seq"])
                 complete = _last_seq(rows) >= last_seq if rows else after >= last_seq
@@ -340,4 +345,4 @@ def _last_seq(rows: list[Any]) -> int:
     return int(orjson.loads(rows[-1]["payload"])["seq"])
 
 
-__all__ = ["Store", "Conflict", "ROLE_RANK", "Unavailable"]
+__all__ = ["ROLE_RANK", "Conflict", "Store", "Unavailable"]

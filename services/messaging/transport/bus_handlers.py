@@ -8,18 +8,17 @@ from typing import Any
 
 import msgspec
 from opentelemetry import trace
+from prometheus_client import Counter
 
 from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps as Ops
 from libs.errors import Invalid, NotFound
 from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
+from libs.validation import text as rules
 from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
 from services.messaging.adapters.store import Store
-from libs.validation import text as rules
-
-from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

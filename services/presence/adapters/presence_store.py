@@ -21,6 +21,10 @@ NODES = "pres:nodes"
 TYPING = "pres:typing"
 
 
+def _d(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _s(user: str) -> str:
     return f"pres:s:{user}"
 
@@ -82,7 +86,7 @@ class PresenceStore:
     # -- status --------------------------------------------------------------------------
     async def chosen(self, user: str) -> dict[str, Any]:
         raw = await self.r.hgetall(_st(user))
-        out: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict[str, Any] = {_d(k): _d(v) for k, v in raw.items()}
         if "activity" in out:
             out["activity"] = orjson.loads(out["activity"]) if out["activity"] != "null" else None
         return out
@@ -106,7 +110,7 @@ class PresenceStore:
         res = await p.execute()
         out = []
         for i, u in enumerate(users):
-            raw = {k.decode(): v.decode() for k, v in res[2 * i + 1].items()}
+            raw: dict[str, Any] = {_d(k): _d(v) for k, v in res[2 * i + 1].items()}
             if "activity" in raw:
                 raw["activity"] = orjson.loads(raw["activity"]) if raw["activity"] != "null" else None
             out.append((u, int(res[2 * i]), raw))
@@ -121,18 +125,18 @@ class PresenceStore:
 
     async def dead_nodes(self, timeout_s: float) -> list[str]:
         now = time.time()
-        return [n.decode() for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) > timeout_s]
+        return [_d(n) for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) > timeout_s]
 
     async def live_nodes(self, timeout_s: float) -> set[str]:
         now = time.time()
-        return {n.decode() for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) <= timeout_s}
+        return {_d(n) for n, ts in (await self.r.hgetall(NODES)).items() if now - float(ts) <= timeout_s}
 
     async def claim_node_cleanup(self, node: str, hold_s: int = 30) -> bool:
         return bool(await self.r.set(f"pres:lock:node:{node}", "1", nx=True, ex=hold_s))
 
     async def take_node_sessions(self, node: str) -> list[tuple[str, str]]:
         members = await self.r.smembers(_node(node))
-        return [tuple(m.decode().split("|", 1)) for m in members]  # type: ignore[misc]
+        return [tuple(_d(m).split("|", 1)) for m in members]  # type: ignore[misc]
 
     async def forget_node(self, node: str) -> None:
         p = self.r.pipeline(transaction=True)
@@ -143,11 +147,11 @@ class PresenceStore:
     async def scan_users(self, match: str = "pres:s:*", count: int = 500) -> list[str]:
         users = []
         async for key in self.r.scan_iter(match=match, count=count):
-            users.append(key.decode().split(":", 2)[2])
+            users.append(_d(key).split(":", 2)[2])
         return users
 
     async def sessions_of(self, user: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in (await self.r.hgetall(_s(user))).items()}
+        return {_d(k): _d(v) for k, v in (await self.r.hgetall(_s(user))).items()}
 
     # -- typing --------------------------------------------------------------------------
     async def typing_start(self, user: str, channel: str, ttl_s: float) -> bool:
@@ -168,11 +172,11 @@ class PresenceStore:
         return bool(removed)
 
     async def typing_channels(self, user: str) -> list[str]:
-        return [c.decode() for c in await self.r.smembers(_ty(user))]
+        return [_d(c) for c in await self.r.smembers(_ty(user))]
 
     async def typing_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
         members = await self.r.zrangebyscore(TYPING, "-inf", now, start=0, num=limit)
-        return [tuple(m.decode().split("|", 1)) for m in members]  # type: ignore[misc]
+        return [tuple(_d(m).split("|", 1)) for m in members]  # type: ignore[misc]
 
     async def typing_next_expiry(self) -> float | None:
         first = await self.r.zrange(TYPING, 0, 0, withscores=True)
@@ -197,4 +201,4 @@ class PresenceStore:
         key = f"pres:resync:{node}:{generation}"
         ghosts = await self.r.sdiff([_node(node), key])
         await self.r.delete(key)
-        return [tuple(m.decode().split("|", 1)) for m in ghosts]  # type: ignore[misc]
+        return [tuple(_d(m).split("|", 1)) for m in ghosts]  # type: ignore[misc]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.exceptions
@@ -35,8 +35,7 @@ class PresenceHandlers:
         async with self.breaker.guard():
             try:
                 yield
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncio.TimeoutError,
-                    OSError) as exc:
+            except (TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 raise Unavailable(f"presence store unavailable ({type(exc).__name__})") from None
 
     def _wrap(self, fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
