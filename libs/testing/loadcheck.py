@@ -175,7 +175,9 @@ class Report:
 class LoadRun:
     """Senders at a steady total rate into one channel; members on several nodes."""
 
-    def __init__(self, members: list[Member], senders: list[Member], rate_per_s: float) -> None:
+    def __init__(self, members: list[Member], senders: list[Member], rate_per_s: float,
+                 retry_for_s: float = 40.0) -> None:
+        self.retry_for_s = retry_for_s
         self.members = members
         self.senders = senders
         self.rate = rate_per_s
@@ -202,11 +204,11 @@ class LoadRun:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         await asyncio.gather(*tasks)
 
-    async def _send_one(self, sender: Member, retry_for_s: float = 40.0) -> None:
+    async def _send_one(self, sender: Member) -> None:
         """Send once; retry with the same nonce after `unavailable` or a lost ack, as a
         client must, so that a committed message is always acknowledged in the end."""
         nonce = f"{sender.user_id}-{next(self._nonce)}"
-        deadline = time.monotonic() + retry_for_s
+        deadline = time.monotonic() + self.retry_for_s
         delay = 0.25
         code = "?"
         while True:

@@ -46,7 +46,7 @@ async def run_fault(stack: Stack, fault: str, inject, heal, record, members_n: i
     async with aiohttp.ClientSession() as http:
         prefix = "".join(ch for ch in fault if ch.isalnum())[:8]
         members = await setup_members(http, stack.gateways, members_n, f"{prefix}-")
-        run = LoadRun(members, members[: max(2, members_n // 2)], rate_per_s=RATE)
+        run = LoadRun(members, members[: max(2, members_n // 2)], rate_per_s=RATE, retry_for_s=FAULT_S + 45)
         await run.start()
         killed: set[str] = set()
 
