@@ -9,6 +9,8 @@ member received (live or by ``sync``):
   delivered   (member, message) pairs received
   lost        acked messages some member never received
   unexpected  received messages nobody sent
+  indeterminate  messages sent but never acknowledged (every retry failed) that were
+              committed all the same: not a loss, reported apart
   duplicates  live deliveries of a message a member already had
 """
 
@@ -36,6 +38,7 @@ class Member:
     channel_id: str
     sio: socketio.AsyncClient | None = None
     seen: dict[int, str] = field(default_factory=dict)  # seq -> message id (creates only)
+    contents: dict[str, str] = field(default_factory=dict)  # message id -> content (= its nonce)
     max_seq: int = 0
     live: int = 0
     duplicates: int = 0
@@ -75,6 +78,7 @@ class Member:
         if data.get("channel_id") != self.channel_id:
             return
         self.live += 1
+        self.contents[data["message"]["id"]] = data["message"].get("content", "")
         self._record(int(data["seq"]), data["message"]["id"], live=True)
         if int(data["seq"]) > len(self.seen) + 0 and self._has_hole():
             asyncio.ensure_future(self.catch_up())
@@ -139,6 +143,7 @@ class Member:
                 page = ack["channels"][self.channel_id]
                 for ev in page["events"]:
                     if ev["event"] == "message:created":
+                        self.contents[ev["message"]["id"]] = ev["message"].get("content", "")
                         self._record(int(ev["seq"]), ev["message"]["id"], live=False)
                     after = max(after, int(ev["seq"]))
                     self.max_seq = max(self.max_seq, int(ev["seq"]))
@@ -163,6 +168,7 @@ class Report:
     delivered: int
     lost: int
     unexpected: int
+    indeterminate: int
     duplicates: int
     sync_required: int
     lost_live: int
@@ -182,6 +188,7 @@ class LoadRun:
         self.senders = senders
         self.rate = rate_per_s
         self.acked: dict[str, int] = {}  # message id -> seq
+        self.sent_nonces: set[str] = set()
         self.refused = 0
         self.errors: dict[str, int] = {}
         self._stop = asyncio.Event()
@@ -208,6 +215,7 @@ class LoadRun:
         """Send once; retry with the same nonce after `unavailable` or a lost ack, as a
         client must, so that a committed message is always acknowledged in the end."""
         nonce = f"{sender.user_id}-{next(self._nonce)}"
+        self.sent_nonces.add(nonce)
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.25
         code = "?"
@@ -223,6 +231,10 @@ class LoadRun:
                         self.acked[ack["message"]["id"]] = int(ack["message"]["seq"])
                         return
                     code = ack.get("error", {}).get("code", "?")
+                    # A well-behaved client waits as long as the server asks (breaker open).
+                    retry_after = ack.get("error", {}).get("retry_after_ms")
+                    if isinstance(retry_after, int) and retry_after > 0:
+                        delay = max(delay, min(10.0, retry_after / 1000))
                 except Exception:
                     code = "no_ack"
             self.errors[code] = self.errors.get(code, 0) + 1
@@ -248,6 +260,7 @@ class LoadRun:
         lost_live = 0
         delivered = 0
         unexpected = 0
+        indeterminate: set[str] = set()
         per_member = {}
         acked_ids = set(self.acked)
         for m in self.members:
@@ -255,12 +268,16 @@ class LoadRun:
             delivered += len(have & acked_ids)
             missing = acked_ids - have
             lost += len(missing)
-            unexpected += len(have - acked_ids)
+            for mid in have - acked_ids:
+                if m.contents.get(mid) in self.sent_nonces:
+                    indeterminate.add(mid)
+                else:
+                    unexpected += 1
             lost_live += max(0, len(acked_ids) - m.live)
             per_member[m.user_id] = {"live": m.live, "missing": len(missing), "sync_required": m.sync_required,
                                      "syncs": m.syncs, "reconnects": m.reconnects}
         return Report(acked=len(self.acked), refused=self.refused, delivered=delivered, lost=lost,
-                      unexpected=unexpected, duplicates=sum(m.duplicates for m in self.members),
+                      unexpected=unexpected, indeterminate=len(indeterminate), duplicates=sum(m.duplicates for m in self.members),
                       sync_required=sum(m.sync_required for m in self.members), lost_live=lost_live,
                       details={"members": per_member, "errors": self.errors})
 

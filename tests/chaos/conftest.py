@@ -43,17 +43,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "Each fault is injected under load (members on both gateway nodes, unique nonces, retries with the "
         "same nonce after `unavailable` or a lost ack, `sync` on `sync:required` or a hole), then healed. "
         "`lost` = acknowledged messages some member never received, live or by `sync`; `unexpected` = "
-        "received messages never acknowledged; `crashes` = processes that died without being killed.",
+        "received messages nobody sent; `indeterminate` = sent, never acknowledged (every retry failed) "
+        "yet committed; `crashes` = processes that died without being killed.",
         "",
     ]
     faults = [r for r in RESULTS if r.get("kind") == "fault"]
     if faults:
-        lines += ["| fault | duration s | acked | delivered | lost | unexpected | duplicates | sync:required | crashes | recovery s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| fault | duration s | acked | delivered | lost | unexpected | indeterminate | duplicates | sync:required | crashes | recovery s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in faults:
             lines.append(f"| {r['fault']} | {r['duration_s']} | {r['acked']} | {r['delivered']} | {r['lost']} | "
-                         f"{r['unexpected']} | {r['duplicates']} | {r['sync_required']} | {r['crashes']} | "
-                         f"{r['recovery_s']} |")
+                         f"{r['unexpected']} | {r.get('indeterminate', '—')} | {r['duplicates']} | {r['sync_required']} | "
+                         f"{r['crashes']} | {r['recovery_s']} |")
         lines.append("")
     for r in RESULTS:
         if r.get("kind") == "baseline":
