@@ -114,7 +114,12 @@ class GatewayServer(socketio.AsyncServer):
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> Any:
         """A packet python-socketio cannot parse (e.g. a broken binary event) closes the
         connection instead of wedging the session."""
+        if eio_sid in self._binary_packet and not isinstance(data, bytes):
+            # A text packet where a binary attachment was due: the client broke the protocol.
+            data = None
         try:
+            if data is None:
+                raise ValueError("binary attachment expected")
             return await super()._handle_eio_message(eio_sid, data)
         except Exception as exc:
             self._binary_packet.pop(eio_sid, None)
