@@ -4,6 +4,7 @@ that record every event they receive."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -88,3 +89,8 @@ async def guild_with_members(owner: ChatClient, *members: ChatClient, name: str 
         await m.api("POST", f"/invites/{invite['code']}", expect=200)
     guild["text_channel"] = next(c["id"] for c in guild["channels"] if c["kind"] == "text")
     return guild
+
+
+def uid(prefix: str) -> str:
+    """A user id no other test uses (tests share one cluster and its database)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"

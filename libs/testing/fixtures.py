@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from libs.servers.cluster import Cluster
@@ -130,3 +131,10 @@ def own_stack(run_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
     for stack in made:
         stack.cluster.stop()
         stack.servers.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for the test's API calls."""
+    async with aiohttp.ClientSession() as session:
+        yield session

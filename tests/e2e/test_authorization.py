@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import uuid
 
-import aiohttp
-import pytest
-
 from libs.testing.client import ChatClient, guild_with_members
 from libs.testing.fixtures import Stack
 
 
 def code(ack: dict) -> str:
     return "ok" if ack.get("ok") else ack["error"]["code"]
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_authorization_matrix(http, cluster: Stack):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -16,20 +15,10 @@ import jwt
 import pytest
 import socketio
 
-from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import JWT_SECRET, Stack
 
 NODE_DIR = Path(__file__).parent / "node"
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def two_users(http: aiohttp.ClientSession, stack: Stack) -> tuple[ChatClient, ChatClient, dict]:

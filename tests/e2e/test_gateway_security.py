@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import aiohttp
 import pytest
 import socketio
 
-from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import ALLOWED_ORIGIN, Stack
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_foreign_origin_is_refused(http, cluster: Stack):

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
-import aiohttp
 import pytest
 
-from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def sync_all(sock, channel_id: str, after: int) -> list[dict]:

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
-import pytest
 
-from libs.testing.client import ChatClient, Recorder, guild_with_members
+from libs.testing.client import ChatClient, Recorder, guild_with_members, uid
 from libs.testing.fixtures import Stack
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def db_fetch(stack: Stack, query: str, *args):

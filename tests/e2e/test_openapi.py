@@ -4,7 +4,6 @@ gateway under a schemathesis run (no 5xx, every response as documented)."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -24,17 +23,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
 from services.gateway.transport.http_api import HttpApi
 from services.gateway.transport.openapi import OPENAPI
 
 MAX_EXAMPLES = 25
 TIME_BUDGET_S = 60.0
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
-import aiohttp
-import pytest
-
-from libs.testing.client import ChatClient, guild_with_members
+from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def statuses(rec, user_id: str) -> list[str]:

@@ -11,28 +11,17 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import jwt
 import nats
 import pytest
 from livekit import api as lk
 
 from libs.bus import schemas, subjects
-from libs.testing.client import ChatClient, Recorder, guild_with_members
+from libs.testing.client import ChatClient, Recorder, guild_with_members, uid
 from libs.testing.fixtures import Stack
 
 DEV_KEY = "devkey"
 DEV_SECRET = "secret"  # CHAT_LIVEKIT_API_SECRET's default (dev mode)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def voice_channel(guild: dict[str, Any]) -> str:
