@@ -31,6 +31,7 @@ from engineio import packet as eio_packet
 from libs.observability import metrics
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
+from libs.sio.fast_transport import packet_frame
 from libs.sio.outbound_queue import OutboundQueue
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,12 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         pkt = self.server.packet_class(socketio.packet.EVENT, namespace=namespace, data=[message["event"], *data])
         encoded = pkt.encode()
         eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        frame = packet_frame(eio_pkt)
         skip = message.get("skip_sid")
         skip_set = set(skip) if isinstance(skip, list) else {skip}
         for sid, eio_sid in self.get_participants(namespace, message.get("room")):
             if sid not in skip_set:
-                deliver(eio_sid, eio_pkt)
+                deliver(eio_sid, eio_pkt, frame)
         return None
 
     # -- publishing --------------------------------------------------------------------

@@ -37,6 +37,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
         ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
         max_http_buffer_size=s.max_frame_bytes, logger=False, engineio_logger=False,
         connect_timeout_s=s.connect_timeout_s, queue_soft=s.client_queue_soft, queue_hard=s.client_queue_hard,
+        buffer_soft=s.client_buffer_soft_bytes, buffer_hard=s.client_buffer_hard_bytes,
         channels_of=lambda sid: sorted(getattr(holder["gw"].sessions.get(sid), "channels", ())),
     )
     bus = await ctx.start_bus(stack)

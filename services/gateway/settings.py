@@ -23,8 +23,10 @@ class GatewaySettings(CommonSettings):
     ping_timeout_s: float = setting(20.0, "Engine.IO ping timeout")
     max_frame_bytes: int = setting(65536, "Largest Socket.IO frame accepted")
     connect_timeout_s: float = setting(10.0, "Engine.IO sessions that send no CONNECT within this are closed")
-    client_queue_soft: int = setting(200, "Queued packets to one socket past which typing/presence to it are dropped")
-    client_queue_hard: int = setting(1000, "Queued packets to one socket past which it gets sync:required and is disconnected")
+    client_queue_soft: int = setting(200, "Packets queued for one long-polling socket past which typing/presence to it are dropped")
+    client_queue_hard: int = setting(1000, "Packets queued for one long-polling socket past which it gets sync:required and is disconnected")
+    client_buffer_soft_bytes: int = setting(256 * 1024, "Bytes one WebSocket has not taken past which typing/presence to it are dropped")
+    client_buffer_hard_bytes: int = setting(2 * 1024 * 1024, "Bytes one WebSocket has not taken past which it gets sync:required and is disconnected")
     drain_batch: int = setting(100, "Sockets told to reconnect per batch while draining")
     drain_batch_interval_ms: int = setting(200, "Delay between reconnect batches while draining")
 

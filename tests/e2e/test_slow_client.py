@@ -34,7 +34,8 @@ async def stalled_socket(url: str, token: str) -> socket.socket:
 
 
 async def test_stalled_client_is_cut_off_and_others_keep_receiving(own_stack):
-    stack = own_stack(CHAT_CLIENT_QUEUE_SOFT="20", CHAT_CLIENT_QUEUE_HARD="100")
+    stack = own_stack(CHAT_CLIENT_QUEUE_SOFT="20", CHAT_CLIENT_QUEUE_HARD="100",
+                      CHAT_CLIENT_BUFFER_SOFT_BYTES="16384", CHAT_CLIENT_BUFFER_HARD_BYTES="65536")
     g1, _g2 = stack.gateways
     async with aiohttp.ClientSession() as http:
         sender = await ChatClient(http, g1, "sender").login()

@@ -1,9 +1,12 @@
 """python-socketio's AsyncServer with the gateway's protections below the event layer:
 
 * Engine.IO sessions that never send a Socket.IO CONNECT are closed after a timeout;
-* each socket's outbound queue is bounded: past ``soft`` queued packets, typing and
-  presence events to it are dropped; past ``hard`` it gets ``sync:required`` for its
-  channels and is disconnected. Other sockets are unaffected.
+* each socket's outbound backlog is bounded: past ``soft`` (bytes its WebSocket has not
+  taken yet, or packets queued for a polling client), typing and presence events to it
+  are dropped; past ``hard`` it gets ``sync:required`` for its channels and is
+  disconnected. Other sockets are unaffected;
+* Engine.IO is :mod:`libs.sio.fast_transport`: packets go straight to the WebSocket,
+  and a broadcast is framed once for all its recipients.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 from prometheus_client import Counter
+
+from libs.sio.fast_transport import FastEngineServer, FastJson
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +42,21 @@ RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconne
 
 class GatewayServer(socketio.AsyncServer):
     def __init__(self, *args: Any, connect_timeout_s: float = 10.0, queue_soft: int = 200,
-                 queue_hard: int = 1000, channels_of: Callable[[str], list[str]] | None = None,
+                 queue_hard: int = 1000, buffer_soft: int = 256 * 1024, buffer_hard: int = 2 * 1024 * 1024,
+                 channels_of: Callable[[str], list[str]] | None = None,
                  **kwargs: Any) -> None:
+        kwargs.setdefault("json", FastJson)
         super().__init__(*args, **kwargs)
         self.connect_timeout_s = connect_timeout_s
         self.queue_soft = queue_soft
         self.queue_hard = queue_hard
+        self.buffer_soft = buffer_soft
+        self.buffer_hard = buffer_hard
         self.channels_of = channels_of or (lambda sid: [])
         self._evicting: set[str] = set()
+
+    def _engineio_server_class(self) -> type:
+        return FastEngineServer
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
@@ -61,17 +73,20 @@ class GatewayServer(socketio.AsyncServer):
         except Exception:
             log.exception("no-CONNECT check failed")
 
-    # -- bounded per-socket queues ------------------------------------------------------
+    # -- bounded per-socket backlog ------------------------------------------------------
     def _admit(self, eio_sid: str, data: Any) -> bool:
         sock = self.eio.sockets.get(eio_sid)
         if sock is None:
             return True
-        depth = sock.queue.qsize()
-        if depth < self.queue_soft:
+        if sock.direct:
+            depth, soft, hard = sock.buffered(), self.buffer_soft, self.buffer_hard
+        else:
+            depth, soft, hard = sock.queue.qsize(), self.queue_soft, self.queue_hard
+        if depth < soft:
             return True
         if eio_sid in self._evicting:
             return False
-        if depth >= self.queue_hard:
+        if depth >= hard:
             self._evicting.add(eio_sid)
             asyncio.ensure_future(self._evict(eio_sid, sock))
             return False
@@ -84,12 +99,12 @@ class GatewayServer(socketio.AsyncServer):
         try:
             SLOW_EVICTED.inc()
             sid = self.manager.sid_from_eio_sid(eio_sid, "/")
-            log.warning("slow client: %d packets queued; asking it to sync and disconnecting",
-                        sock.queue.qsize(), extra={"sid": sid})
+            log.warning("slow client: %d bytes / %d packets not taken; asking it to sync and disconnecting",
+                        sock.buffered(), sock.queue.qsize(), extra={"sid": sid})
             if sid is not None:
                 pkt = self.packet_class(socketio.packet.EVENT, namespace="/",
                                         data=["sync:required", {"channel_ids": sorted(self.channels_of(sid))}])
-                sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, pkt.encode()))
+                sock.send_nowait(eio_packet.Packet(eio_packet.MESSAGE, pkt.encode()))
                 await asyncio.sleep(0)
                 await self.disconnect(sid)
             else:
@@ -132,13 +147,14 @@ class GatewayServer(socketio.AsyncServer):
             return None
 
     # -- fan-out fast path -------------------------------------------------------------------
-    def deliver(self, eio_sid: str, eio_pkt: Any) -> None:
-        """Queue one pre-encoded Engine.IO packet for a local socket, synchronously: no task
-        and no encoding per recipient (the adapter's fan-out path)."""
+    def deliver(self, eio_sid: str, eio_pkt: Any, frame: bytes) -> None:
+        """Send one pre-encoded packet to a local socket, synchronously: its WebSocket frame
+        written to the wire (or the packet queued for a polling client); no task and no
+        encoding per recipient (the adapter's fan-out path)."""
         sock = self.eio.sockets.get(eio_sid)
         if sock is None or sock.closed or not self._admit(eio_sid, eio_pkt.data):
             return
-        sock.queue.put_nowait(eio_pkt)
+        sock.send_frame(frame, eio_pkt)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type == socketio.packet.EVENT and not self._admit(eio_sid, None):

@@ -1,0 +1,335 @@
+"""Engine.IO below python-socketio, rebuilt for the send path of a chat gateway.
+
+python-engineio gives every WebSocket connection a writer task fed by an
+``asyncio.Queue``, a task per received frame (``wait_for``), a sleeping task per
+ping interval, and aiohttp's default permessage-deflate, which compresses every frame
+separately for every recipient. Here, once a socket is on WebSocket:
+
+* packets are written straight to the connection's transport, synchronously, as
+  WebSocket frames; a broadcast builds its frame once (server frames are unmasked, so
+  the same bytes are valid on every connection) and writes it to each recipient;
+* the read loop awaits frames directly (no task per frame); pings are timer handles,
+  not tasks; one service task checks ping timeouts for all sockets;
+* permessage-deflate is not negotiated (Socket.IO's own servers default to the same);
+* what a socket has not yet taken off the wire is measured in bytes buffered by its
+  transport, which is what the gateway's slow-client limits look at.
+
+Long-polling sockets, and a socket until its upgrade to WebSocket completes, keep
+python-engineio's queue unchanged; packets queued before the upgrade are flushed to
+the WebSocket, in order, before anything is written directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as _stdlib_json
+import logging
+import struct
+import time
+from typing import Any
+
+import engineio
+import orjson
+from aiohttp import WSMsgType, web
+from engineio import async_socket, exceptions, packet
+from engineio.json import loads as _engineio_loads
+
+log = logging.getLogger(__name__)
+
+_OP_TEXT = 0x1
+_OP_BINARY = 0x2
+
+
+def ws_frame(payload: bytes, binary: bool = False) -> bytes:
+    """One unmasked, final WebSocket frame (what a server sends) carrying ``payload``."""
+    first = 0x80 | (_OP_BINARY if binary else _OP_TEXT)
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def packet_frame(pkt: packet.Packet) -> bytes:
+    """The WebSocket frame of one Engine.IO packet."""
+    encoded = pkt.encode()
+    if isinstance(encoded, bytes):
+        return ws_frame(encoded, binary=True)
+    return ws_frame(encoded.encode())
+
+
+class FastJson:
+    """The ``json`` module python-socketio encodes and decodes packets with: orjson, and
+    the standard library (with python-engineio's integer guard) for what orjson refuses,
+    such as lone surrogates. orjson reads integers beyond 64 bits as floats; the event
+    schemas then refuse them as ``invalid``."""
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        try:
+            return orjson.dumps(obj).decode()
+        except TypeError:
+            kwargs.setdefault("separators", (",", ":"))
+            return _stdlib_json.dumps(obj, **kwargs)
+
+    @staticmethod
+    def loads(s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError:
+            return _engineio_loads(s, **kwargs)
+
+
+class DirectWebSocket:
+    """python-engineio's aiohttp WebSocket driver, without compression, exposing the
+    transport for direct frame writes."""
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        self.handler = handler
+        self.server = server
+        self._sock: web.WebSocketResponse | None = None
+        self.transport: asyncio.Transport | None = None
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.transport = request.transport  # type: ignore[assignment]
+        await self.handler(self)
+        return self._sock
+
+    def write(self, frame: bytes) -> bool:
+        t = self.transport
+        if t is None or t.is_closing():
+            return False
+        t.write(frame)
+        return True
+
+    def buffered(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    async def close(self) -> None:
+        if self._sock is not None:
+            await self._sock.close()
+
+    async def send(self, message: str | bytes) -> None:
+        self.write(ws_frame(message, binary=True) if isinstance(message, bytes) else ws_frame(message.encode()))
+
+    async def wait(self, timeout: float | None = None) -> str | bytes:
+        assert self._sock is not None
+        msg = await self._sock.receive(timeout=timeout)
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return msg.data  # type: ignore[no-any-return]
+        raise OSError(f"websocket {msg.type.name.lower()}")
+
+
+class FastSocket(async_socket.AsyncSocket):
+    """An Engine.IO socket that writes directly to its WebSocket once it has one."""
+
+    last_ping: float | None
+    connected: bool
+
+    def __init__(self, server: Any, sid: str) -> None:
+        super().__init__(server, sid)
+        self.ws: DirectWebSocket | None = None  # set once packets go straight to the wire
+        self._ping_handle: asyncio.TimerHandle | None = None
+
+    # -- sending ---------------------------------------------------------------------------
+    @property
+    def direct(self) -> bool:
+        return self.ws is not None
+
+    def buffered(self) -> int:
+        """Bytes written to this socket that its peer has not taken yet (0 while polling)."""
+        return self.ws.buffered() if self.ws is not None else 0
+
+    def send_frame(self, frame: bytes, pkt: packet.Packet) -> None:
+        """Send a pre-encoded packet without awaiting: ``frame`` when on WebSocket, else
+        ``pkt`` through the polling queue."""
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.write(frame)
+        else:
+            self.queue.put_nowait(pkt)
+
+    def send_nowait(self, pkt: packet.Packet) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.write(packet_frame(pkt))
+        else:
+            self.queue.put_nowait(pkt)
+
+    async def send(self, pkt: packet.Packet) -> None:
+        if not await self.check_ping_timeout():
+            return
+        if self.ws is not None:
+            self.ws.write(packet_frame(pkt))
+        else:
+            await self.queue.put(pkt)
+
+    async def receive(self, pkt: packet.Packet) -> None:
+        if pkt.packet_type == packet.MESSAGE:
+            await self.server._trigger_event("message", self.sid, pkt.data, run_async=self.server.async_handlers)
+        elif pkt.packet_type == packet.PONG:
+            self.schedule_ping()
+        elif pkt.packet_type == packet.UPGRADE:
+            await self.send(packet.Packet(packet.NOOP))
+        elif pkt.packet_type == packet.CLOSE:
+            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+        else:
+            raise exceptions.UnknownPacketError()
+
+    # -- pings: a timer handle per socket, not a task ----------------------------------------
+    def schedule_ping(self) -> None:
+        if self.last_ping:
+            self.last_ping = None
+            self._ping_handle = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_handle = None
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.send_nowait(packet.Packet(packet.PING))
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        was_open = not self.closed and not self.closing
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if was_open:
+            if self._ping_handle is not None:
+                self._ping_handle.cancel()
+                self._ping_handle = None
+            ws, self.ws = self.ws, None
+            if ws is not None and not abort:
+                # CLOSE is on the wire; end the WebSocket too (the read loop then ends).
+                asyncio.ensure_future(ws.close())
+
+    # -- the WebSocket transport -------------------------------------------------------------
+    async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
+        if self.upgraded:
+            raise OSError("Socket has been upgraded already")
+        return await DirectWebSocket(self._websocket_handler, self.server)(environ)
+
+    def _go_direct(self, ws: DirectWebSocket) -> None:
+        """Flush what was queued before the WebSocket, in order, then write directly."""
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is not None:
+                ws.write(packet_frame(pkt))
+        self.ws = ws
+
+    async def _websocket_handler(self, ws: DirectWebSocket) -> None:  # type: ignore[override]
+        max_size = self.server.max_http_buffer_size
+        read_timeout = self.server.ping_interval + self.server.ping_timeout
+        if self.connected:
+            # an upgrade from polling: probe, then UPGRADE
+            self.upgrading = True
+            try:
+                data = await ws.wait(read_timeout)
+            except (TimeoutError, OSError):
+                self.upgrading = False
+                return
+            probe = packet.Packet(encoded_packet=data)
+            if probe.packet_type != packet.PING or probe.data != "probe":
+                self.upgrading = False
+                return
+            ws.write(packet_frame(packet.Packet(packet.PONG, data="probe")))
+            await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+            try:
+                data = await ws.wait(read_timeout)
+            except (TimeoutError, OSError):
+                self.upgrading = False
+                return
+            if packet.Packet(encoded_packet=data).packet_type != packet.UPGRADE:
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+        if self.closed:
+            return
+        self._go_direct(ws)
+        try:
+            while not self.closed:
+                try:
+                    data = await ws.wait(read_timeout)
+                except (TimeoutError, OSError):
+                    break
+                except Exception:
+                    break
+                if len(data) > max_size:
+                    break
+                try:
+                    await self.receive(packet.Packet(encoded_packet=data))
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    log.exception("engine.io receive error")
+        finally:
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+
+class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's server with :class:`FastSocket` sockets and one light service task."""
+
+    start_service_task: bool
+
+    async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: Any = None) -> Any:
+        if self.start_service_task:
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+        sid = self.generate_id()
+        s = FastSocket(self, sid)
+        self.sockets[sid] = s
+        await s.send(packet.Packet(packet.OPEN, {
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }))
+        ret = await self._trigger_event("connect", sid, environ, run_async=False)
+        if ret is not None and ret is not True:
+            del self.sockets[sid]
+            return self._unauthorized(ret or None)
+        s.schedule_ping()
+        if transport == "websocket":
+            ret = await s.handle_get_request(environ)
+            if s.closed and sid in self.sockets:
+                del self.sockets[sid]
+            return ret
+        s.connected = True
+        try:
+            return self._ok(await s.poll(), jsonp_index=jsonp_index)
+        except exceptions.QueueEmpty:
+            return self._bad_request()
+
+    async def _service_task(self) -> None:
+        """Once a second: close sockets whose ping went unanswered, forget closed ones."""
+        self.service_task_event = self.create_event()
+        while not self.service_task_event.is_set():
+            try:
+                await asyncio.wait_for(self.service_task_event.wait(), timeout=1.0)
+                break
+            except TimeoutError:
+                pass
+            now = time.time()
+            for s in list(self.sockets.values()):
+                try:
+                    if s.closed:
+                        self.sockets.pop(s.sid, None)
+                    elif not s.closing and s.last_ping and now - s.last_ping > self.ping_timeout:
+                        await s.check_ping_timeout()
+                except Exception:
+                    log.exception("engine.io service task")
