@@ -5,9 +5,10 @@ python-engineio gives every WebSocket connection a writer task fed by an
 ping interval, and aiohttp's default permessage-deflate, which compresses every frame
 separately for every recipient. Here, once a socket is on WebSocket:
 
-* packets are written straight to the connection's transport, synchronously, as
-  WebSocket frames; a broadcast builds its frame once (server frames are unmasked, so
-  the same bytes are valid on every connection) and writes it to each recipient;
+* packets are written straight to the connection's transport as WebSocket frames,
+  without a task or a queue; a broadcast builds its frame once (server frames are
+  unmasked, so the same bytes are valid on every connection) and hands it to each
+  recipient; the frames of one event-loop pass go out in one write per connection;
 * the read loop awaits frames directly (no task per frame); pings are timer handles,
   not tasks; one service task checks ping timeouts for all sockets;
 * permessage-deflate is not negotiated (Socket.IO's own servers default to the same);
@@ -81,15 +82,41 @@ class FastJson:
             return _engineio_loads(s, **kwargs)
 
 
+class WriteBatcher:
+    """Coalesces the frames written to each connection during one event-loop pass into
+    one transport write per connection, made at the end of the pass (like a corked
+    socket): a burst of broadcasts costs one system call per recipient, not one per
+    frame per recipient."""
+
+    def __init__(self) -> None:
+        self._dirty: list[DirectWebSocket] = []
+        self._scheduled = False
+
+    def mark(self, ws: DirectWebSocket) -> None:
+        self._dirty.append(ws)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for ws in dirty:
+            ws.flush()
+
+
 class DirectWebSocket:
-    """python-engineio's aiohttp WebSocket driver, without compression, exposing the
-    transport for direct frame writes."""
+    """python-engineio's aiohttp WebSocket driver, without compression, writing frames to
+    the transport itself (batched per event-loop pass)."""
 
     def __init__(self, handler: Any, server: Any) -> None:
         self.handler = handler
         self.server = server
         self._sock: web.WebSocketResponse | None = None
         self.transport: asyncio.Transport | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._batcher: WriteBatcher = server.write_batcher
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request: web.Request = environ["aiohttp.request"]
@@ -99,18 +126,26 @@ class DirectWebSocket:
         await self.handler(self)
         return self._sock
 
-    def write(self, frame: bytes) -> bool:
+    def write(self, frame: bytes) -> None:
+        if not self._pending:
+            self._batcher.mark(self)
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         t = self.transport
-        if t is None or t.is_closing():
-            return False
-        t.write(frame)
-        return True
+        if not pending or t is None or t.is_closing():
+            return
+        t.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def buffered(self) -> int:
         t = self.transport
-        return t.get_write_buffer_size() if t is not None else 0
+        return self._pending_bytes + (t.get_write_buffer_size() if t is not None else 0)
 
     async def close(self) -> None:
+        self.flush()
         if self._sock is not None:
             await self._sock.close()
 
@@ -284,6 +319,10 @@ class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio's server with :class:`FastSocket` sockets and one light service task."""
 
     start_service_task: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_batcher = WriteBatcher()
 
     async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: Any = None) -> Any:
         if self.start_service_task:

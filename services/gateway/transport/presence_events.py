@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 import msgspec
@@ -70,6 +71,7 @@ class PresenceFeature:
     async def typing_start(self, s: Session, m: p.ChannelRef) -> Ack:
         if m.channel_id not in s.channels:
             raise NotFound("channel not found")
+        s.typing_until[m.channel_id] = time.monotonic() + TYPING_SECONDS
         await self.gw.sio.emit("typing", {"channel_id": m.channel_id, "user_id": s.user_id,
                                           "expires_in_ms": TYPING_SECONDS * 1000},
                                room=channel_room(m.channel_id), skip_sid=s.sid)
@@ -85,11 +87,13 @@ class PresenceFeature:
         return ok()
 
     def after_send(self, handler: Any) -> Any:
-        """message:send ends the sender's typing in that channel."""
+        """message:send ends the sender's typing in that channel (a presence call only when
+        this session said it was typing there and that has not expired yet)."""
         async def send(s: Session, m: p.MessageSend) -> Ack:
             ack = await handler(s, m)
-            asyncio.ensure_future(self._call(Ops.TYPING_STOP, schemas.TypingRequest(
-                user_id=s.user_id, channel_id=m.channel_id)))
+            if s.typing_until.pop(m.channel_id, 0.0) > time.monotonic():
+                asyncio.ensure_future(self._call(Ops.TYPING_STOP, schemas.TypingRequest(
+                    user_id=s.user_id, channel_id=m.channel_id)))
             return ack
         return send
 

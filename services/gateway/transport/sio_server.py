@@ -149,12 +149,16 @@ class GatewayServer(socketio.AsyncServer):
     # -- fan-out fast path -------------------------------------------------------------------
     def deliver(self, eio_sid: str, eio_pkt: Any, frame: bytes) -> None:
         """Send one pre-encoded packet to a local socket, synchronously: its WebSocket frame
-        written to the wire (or the packet queued for a polling client); no task and no
-        encoding per recipient (the adapter's fan-out path)."""
+        (or the packet, queued for a polling client); no task and no encoding per
+        recipient (the adapter's fan-out path)."""
         sock = self.eio.sockets.get(eio_sid)
-        if sock is None or sock.closed or not self._admit(eio_sid, eio_pkt.data):
+        if sock is None or sock.closed:
             return
-        sock.send_frame(frame, eio_pkt)
+        ws = sock.ws
+        if ws is not None and ws.buffered() < self.buffer_soft:
+            ws.write(frame)
+        elif self._admit(eio_sid, eio_pkt.data):
+            sock.send_frame(frame, eio_pkt)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type == socketio.packet.EVENT and not self._admit(eio_sid, None):
