@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -186,8 +187,19 @@ class OurStack:
 
     def stop(self) -> None:
         if self.cluster is not None:
+            self.dump_metrics()
             self.cluster.stop()
             self.cluster = None
+
+    def dump_metrics(self) -> None:
+        """Every process's /metrics at the end of a scenario, under .run/bench/ (where the
+        time went: bus request and handling durations, event durations, ...)."""
+        for p in self.cluster.processes:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p.ops_port}/metrics", timeout=5) as r:
+                    (RUN_DIR / f"metrics-{self.n}-{p.module}-{p.ops_port}.txt").write_bytes(r.read())
+            except OSError as exc:
+                say(f"  (metrics of {p.module} not read: {exc})")
 
 
 # ------------------------------------------------------------------------ setup over HTTP (ours)
@@ -808,8 +820,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short phases, 2,000 connections, 1,000-client storm")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--from-results", help="only re-render the report and plots from a results JSON")
+    ap.add_argument("--chat-rates", help="chat steps in msg/s, comma separated (e.g. 1000 to hold one rate)")
+    ap.add_argument("--chat-step-s", type=float, help="seconds per chat step")
     args = ap.parse_args()
     sz = QUICK if args.quick else Sizes()
+    if args.chat_rates:
+        sz = dataclasses.replace(sz, chat_rates=[int(r) for r in args.chat_rates.split(",")])
+    if args.chat_step_s:
+        sz = dataclasses.replace(sz, chat_step_s=args.chat_step_s)
     if args.from_results:
         data = json.loads(Path(args.from_results).read_text())
         sz = Sizes(**data["sizes"])

@@ -73,6 +73,9 @@ class OpsServer:
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/debug/tasks", self._tasks)
+        self.app.router.add_get("/debug/memory", self._memory)
+        self.app.router.add_post("/debug/memory/baseline", self._memory_baseline)
+        self._memory_base: Any = None
         self._runner: web.AppRunner | None = None
 
     def add_get(self, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
@@ -101,6 +104,34 @@ class OpsServer:
             name = getattr(coro, "__qualname__", type(coro).__name__)
             counts[name] = counts.get(name, 0) + 1
         return json_response(dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+
+    async def _memory_baseline(self, request: web.Request) -> web.Response:
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            return json_response({"error": "start the process with PYTHONTRACEMALLOC=1 (or more frames)"}, 409)
+        self._memory_base = tracemalloc.take_snapshot()
+        return json_response({"baseline": True, "traced_bytes": tracemalloc.get_traced_memory()[0]})
+
+    async def _memory(self, request: web.Request) -> web.Response:
+        """Python allocations by source line (biggest first), or their growth since the
+        last POST /debug/memory/baseline: where the memory of a connection goes. Needs
+        tracemalloc (PYTHONTRACEMALLOC=n)."""
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            return json_response({"error": "start the process with PYTHONTRACEMALLOC=1 (or more frames)"}, 409)
+        limit = int(request.query.get("limit", "40"))
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if self._memory_base is not None:
+            stats = snap.compare_to(self._memory_base, "lineno")
+            top = [{"where": str(st.traceback), "bytes": st.size_diff, "count": st.count_diff} for st in stats[:limit]]
+            total = sum(st.size_diff for st in stats)
+        else:
+            stats_now = snap.statistics("lineno")
+            top = [{"where": str(st.traceback), "bytes": st.size, "count": st.count} for st in stats_now[:limit]]
+            total = sum(st.size for st in stats_now)
+        return json_response({"since_baseline": self._memory_base is not None, "total_bytes": total, "top": top})
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)

@@ -54,7 +54,8 @@ class RateLimiter:
         limiter = self.local
         if self.shared is not None and self.breaker.allow():
             try:
-                allowed = await asyncio.wait_for(self.shared.hit(item, rule, key), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
+                    allowed = await self.shared.hit(item, rule, key)
                 self.breaker.record_success()
                 limiter = self.shared
             except asyncio.CancelledError:

@@ -33,6 +33,34 @@ S = TypeVar("S", bound=CommonSettings)
 DrainHook = Callable[[], Awaitable[None]]
 
 
+STOP_STEP_S = 5.0
+
+
+class BoundedExitStack(AsyncExitStack):
+    """An AsyncExitStack whose async callbacks each get at most ``STOP_STEP_S`` seconds on
+    the way out: a stop step that hangs is logged by name and skipped, so the process
+    still exits within its grace period."""
+
+    def push_async_callback(self, callback: Callable[..., Awaitable[Any]], /, *args: Any, **kwds: Any) -> Any:
+        name = getattr(callback, "__qualname__", repr(callback))
+
+        async def bounded() -> None:
+            started = asyncio.get_running_loop().time()
+            # asyncio.wait, not wait_for: a step that ignores cancellation is left behind too
+            task = asyncio.ensure_future(callback(*args, **kwds))
+            done, _ = await asyncio.wait({task}, timeout=STOP_STEP_S)
+            if not done:
+                task.cancel()
+                log.warning("stopping: %s did not finish within %.0f s; moving on", name, STOP_STEP_S)
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("stopping: %s failed", name, exc_info=task.exception())
+            took = asyncio.get_running_loop().time() - started
+            if took > 1.0:
+                log.info("stopping: %s took %.1f s", name, took)
+
+        return super().push_async_callback(bounded)
+
+
 @dataclass
 class ProcessContext:
     service: str
@@ -117,7 +145,7 @@ async def _main(service: str, node_id: str, settings: Any,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stop.set)
     loop.set_exception_handler(_loop_exception_handler)
-    async with AsyncExitStack() as stack:
+    async with BoundedExitStack() as stack:
         await build(ctx, stack)  # connects in the background; never blocks on a dependency
         await ops.start()
         stack.push_async_callback(ops.stop)

@@ -82,6 +82,33 @@ class FastJson:
             return _engineio_loads(s, **kwargs)
 
 
+class _NoQueue:
+    """Stands in for a socket's ``asyncio.Queue`` once it writes directly (nothing is
+    queued any more): one shared instance instead of a queue, its deques and its event
+    per connection."""
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def put_nowait(self, item: Any) -> None:
+        raise RuntimeError("a direct socket has no queue")
+
+    async def put(self, item: Any) -> None:
+        raise RuntimeError("a direct socket has no queue")
+
+    def get_nowait(self) -> Any:
+        raise asyncio.QueueEmpty
+
+    async def join(self) -> None:
+        return None
+
+
+NO_QUEUE = _NoQueue()
+
+
 class WriteBatcher:
     """Coalesces the frames written to each connection during one event-loop pass into
     one transport write per connection, made at the end of the pass (like a corked
@@ -165,6 +192,7 @@ class FastSocket(async_socket.AsyncSocket):
 
     last_ping: float | None
     connected: bool
+    queue: Any  # asyncio.Queue until the socket writes directly, then NO_QUEUE
 
     def __init__(self, server: Any, sid: str) -> None:
         super().__init__(server, sid)
@@ -259,6 +287,7 @@ class FastSocket(async_socket.AsyncSocket):
             if pkt is not None:
                 ws.write(packet_frame(pkt))
         self.ws = ws
+        self.queue = NO_QUEUE
 
     async def _websocket_handler(self, ws: DirectWebSocket) -> None:  # type: ignore[override]
         max_size = self.server.max_http_buffer_size
@@ -296,7 +325,8 @@ class FastSocket(async_socket.AsyncSocket):
         try:
             while not self.closed:
                 try:
-                    data = await ws.wait(read_timeout)
+                    # no timeout here: the service task closes sockets whose pong is late
+                    data = await ws.wait()
                 except (TimeoutError, OSError):
                     break
                 except Exception:

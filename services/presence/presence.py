@@ -50,10 +50,11 @@ class PresenceService:
 
     # -- sessions ------------------------------------------------------------------------
     async def open(self, req: schemas.SessionOpen) -> schemas.SessionOpenReply:
-        before = await self.store.open_session(req.user.id, req.session_id, req.node, req.guild_ids, req.friend_ids)
+        before, chosen = await self.store.open_session(req.user.id, req.session_id, req.node,
+                                                       req.guild_ids, req.friend_ids)
         if before == 0 and req.announce:
-            await self.announce(req.user.id)
-        return schemas.SessionOpenReply(presences=await self.visible(req.contact_ids))
+            await self.announce(req.user.id, chosen=chosen, sessions=1, audience=(req.guild_ids, req.friend_ids))
+        return schemas.SessionOpenReply(presences=await self.visible(req.contact_ids) if req.contact_ids else [])
 
     async def close(self, user_id: str, session_id: str, node: str, reason: str = "disconnect") -> None:
         left = await self.store.close_session(user_id, session_id, node)
@@ -81,17 +82,22 @@ class PresenceService:
         return schemas.Presence(user_id=user, status=status,
                                 activity=schemas.Activity(**act) if act else None, since=chosen.get("since"))
 
-    async def announce(self, user_id: str) -> None:
-        """Tell the user's guilds and friends, when what they see changed."""
-        chosen = await self.store.chosen(user_id)
-        status = visible_status(chosen.get("status"), await self.store.session_count(user_id))
+    async def announce(self, user_id: str, *, chosen: dict[str, Any] | None = None, sessions: int | None = None,
+                       audience: tuple[list[str], list[str]] | None = None) -> None:
+        """Tell the user's guilds and friends, when what they see changed. A caller that
+        has just read the user's chosen status, session count or audience passes them."""
+        if chosen is None:
+            chosen = await self.store.chosen(user_id)
+        if sessions is None:
+            sessions = await self.store.session_count(user_id)
+        status = visible_status(chosen.get("status"), sessions)
         shown = f"{status}|{msgspec.json.encode(chosen.get('activity') if status != 'offline' else None).decode()}"
         if chosen.get("shown") == shown:
             return
         since = now_iso()
         await self.store.set_shown(user_id, shown, since)
         chosen["since"] = since
-        guilds, friends = await self.store.audience(user_id)
+        guilds, friends = audience if audience is not None else await self.store.audience(user_id)
         rooms = [guild_room(g) for g in guilds] + [user_room(f) for f in friends] + [user_room(user_id)]
         payload = msgspec.to_builtins(self._presence(user_id, status, chosen))
         await self.emitter.emit("presence", payload, room=rooms, namespace="/")

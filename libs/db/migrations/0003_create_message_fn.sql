@@ -20,9 +20,15 @@ DECLARE
     v_until timestamptz;
     v_missing text[];
     v_payload jsonb;
+    v_name text;
 BEGIN
-    INSERT INTO users (id, name) VALUES (p_user, p_user_name)
-        ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name;
+    -- the author row (a plain read when it is there and current, as it nearly always is)
+    SELECT u.name INTO v_name FROM users u WHERE u.id = p_user;
+    IF NOT FOUND THEN
+        INSERT INTO users (id, name) VALUES (p_user, p_user_name) ON CONFLICT (id) DO NOTHING;
+    ELSIF v_name IS DISTINCT FROM p_user_name THEN
+        UPDATE users SET name = p_user_name WHERE id = p_user;
+    END IF;
 
     SELECT m.id INTO v_id FROM messages m WHERE m.author_id = p_user AND m.nonce = p_nonce;
     IF FOUND THEN

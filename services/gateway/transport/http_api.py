@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 
 import msgspec
@@ -104,7 +105,11 @@ class HttpApi:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "<none>"
-        with _tracer.start_as_current_span(f"http {request.method} {route}") as span:
+        # Engine.IO requests get no span: a WebSocket's request lasts as long as the
+        # connection (its events have spans of their own).
+        span_cm = nullcontext(trace.INVALID_SPAN) if request.path.startswith("/socket.io/") else \
+            _tracer.start_as_current_span(f"http {request.method} {route}")
+        with span_cm as span:
             try:
                 if request.path.startswith("/api/v1/") and request.path not in ("/api/v1/dev/token", "/api/v1/openapi.json"):
                     request[USER_KEY] = await self._authenticate(request)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from nats.js.api import StreamConfig
 from prometheus_client import Counter, Gauge
@@ -31,6 +33,9 @@ class OutboxPublisher:
         self.bus = bus
         self.backoff = backoff
         self.batch = batch
+        self._js: Any = None  # one JetStream context: publish_async keeps its reply inbox there
+        self._js_nc: Any = None
+        self._counted_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stream_ready = False
@@ -77,29 +82,37 @@ class OutboxPublisher:
                 delay = self.backoff.next_delay()
                 log.warning("outbox drain failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay)
                 self._stream_ready = False
+                self._js = None
                 await asyncio.sleep(delay)
 
     async def drain_once(self) -> bool:
-        """Publish one batch; True when a full batch went out (more may be waiting)."""
+        """Publish one batch; True when a full batch went out (more may be waiting). The
+        batch is published pipelined (every message sent, then every ack awaited) and
+        marked published in the same transaction; a failure leaves the rows for the next
+        drain, and JetStream drops the re-published duplicates by ``Nats-Msg-Id``."""
         if not self.bus.connected or self.db.pool is None:
             return False
         await self._ensure_stream()
         assert self.bus.nc is not None
-        js = self.bus.nc.jetstream()
+        if self._js is None or self._js_nc is not self.bus.nc:
+            self._js, self._js_nc = self.bus.nc.jetstream(), self.bus.nc
+        js = self._js
         try:
             async with self.db.transaction() as conn:
                 rows = await conn.fetch(
                     "SELECT id, event_id, subject, payload::text AS payload FROM outbox "
                     "WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.batch)
-                for r in rows:
-                    await js.publish(r["subject"], r["payload"].encode(),
-                                     headers={"Nats-Msg-Id": str(r["event_id"])}, timeout=5)
                 if rows:
+                    acks = [await js.publish_async(r["subject"], r["payload"].encode(),
+                                                   headers={"Nats-Msg-Id": str(r["event_id"])}) for r in rows]
+                    await asyncio.wait_for(asyncio.gather(*acks), 5)
                     await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
                                        [r["id"] for r in rows])
                     OUTBOX_PUBLISHED.inc(len(rows))
-                pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                OUTBOX_PENDING.set(max(0, pending - len(rows)))
+                if time.monotonic() - self._counted_at > 1.0:  # the gauge, at most once a second
+                    self._counted_at = time.monotonic()
+                    pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    OUTBOX_PENDING.set(max(0, pending - len(rows)))
         except ChatError:
             return False
         return len(rows) == self.batch

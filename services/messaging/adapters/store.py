@@ -41,6 +41,42 @@ def _id(value: str, what: str) -> int:
     return n
 
 
+READY_SQL = """
+WITH u AS (
+    INSERT INTO users (id, name) VALUES ($1, $2)
+    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
+), g AS (
+    SELECT g.id, g.name, gm.role,
+           (SELECT count(*) FROM guild_members x WHERE x.guild_id = g.id) AS members
+    FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id WHERE gm.user_id = $1
+), ch AS (
+    SELECT c.id, c.guild_id, c.name, c.kind, c.last_seq
+    FROM channels c JOIN guild_members gm ON gm.guild_id = c.guild_id WHERE gm.user_id = $1
+    UNION ALL
+    SELECT c.id, c.guild_id, c.name, c.kind, c.last_seq
+    FROM channels c JOIN dm_channels d ON d.channel_id = c.id WHERE d.user_a = $1 OR d.user_b = $1
+), small AS (
+    SELECT id FROM g WHERE members <= $3
+)
+SELECT
+    coalesce((SELECT json_agg(json_build_object('id', id::text, 'name', name, 'role', role) ORDER BY id) FROM g),
+             '[]') AS guilds,
+    coalesce((SELECT json_agg(json_build_object('id', id::text, 'guild_id', guild_id::text, 'name', name,
+                                                'kind', kind, 'last_seq', last_seq) ORDER BY id) FROM ch),
+             '[]') AS channels,
+    coalesce((SELECT json_agg(f.friend_id ORDER BY f.friend_id) FROM friendships f
+              JOIN friendships b ON b.user_id = f.friend_id AND b.friend_id = f.user_id
+              WHERE f.user_id = $1), '[]') AS friends,
+    coalesce((SELECT json_agg(id::text ORDER BY id) FROM small), '[]') AS small,
+    coalesce((SELECT json_agg(m.user_id) FROM (
+                  SELECT DISTINCT user_id FROM guild_members
+                  WHERE guild_id IN (SELECT id FROM small) AND user_id <> $1 LIMIT $4) m), '[]') AS co_members
+"""
+_str_list = msgspec.json.Decoder(list[str])
+_guild_list = msgspec.json.Decoder(list[schemas.GuildSummary])
+_channel_list = msgspec.json.Decoder(list[schemas.Channel])
+
+
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -55,33 +91,16 @@ class Store:
         )
 
     async def ready(self, user: schemas.UserRef) -> schemas.ReadyReply:
+        """Everything ``ready`` carries, in one statement (one round trip): the user
+        recorded, their guilds, channels, mutual friends, the guilds small enough for
+        presence broadcasts and the co-members whose presence ``ready`` shows."""
         async with self.db.connection() as conn:
-            await self.ensure_user(conn, user)
-            guild_rows = await conn.fetch(
-                "SELECT g.id, g.name, gm.role, "
-                " (SELECT count(*) FROM guild_members x WHERE x.guild_id = g.id) AS members "
-                "FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id "
-                "WHERE gm.user_id = $1 ORDER BY g.id", user.id)
-            channel_rows = await conn.fetch(
-                "SELECT c.* FROM channels c JOIN guild_members gm ON gm.guild_id = c.guild_id "
-                "WHERE gm.user_id = $1 "
-                "UNION ALL "
-                "SELECT c.* FROM channels c JOIN dm_channels d ON d.channel_id = c.id "
-                "WHERE d.user_a = $1 OR d.user_b = $1 "
-                "ORDER BY id", user.id)
-            friends = [r["friend_id"] for r in await conn.fetch(
-                "SELECT f.friend_id FROM friendships f JOIN friendships b "
-                "ON b.user_id = f.friend_id AND b.friend_id = f.user_id WHERE f.user_id = $1", user.id)]
-            small = [r["id"] for r in guild_rows if r["members"] <= PRESENCE_GUILD_MAX]
-            co_members = [r["user_id"] for r in await conn.fetch(
-                "SELECT DISTINCT user_id FROM guild_members WHERE guild_id = ANY($2::bigint[]) AND user_id <> $1 "
-                "LIMIT $3", user.id, small, MAX_CONTACTS)]
-        contacts = list(dict.fromkeys(friends + co_members))[:MAX_CONTACTS]
+            row = await conn.fetchrow(READY_SQL, user.id, user.name, PRESENCE_GUILD_MAX, MAX_CONTACTS)
+        friends = _str_list.decode(row["friends"])
+        contacts = list(dict.fromkeys(friends + _str_list.decode(row["co_members"])))[:MAX_CONTACTS]
         return schemas.ReadyReply(
-            user=user,
-            guilds=[schemas.GuildSummary(id=str(r["id"]), name=r["name"], role=r["role"]) for r in guild_rows],
-            channels=[channel_from_row(r) for r in channel_rows],
-            friend_ids=friends, contact_ids=contacts, presence_guild_ids=[str(g) for g in small],
+            user=user, guilds=_guild_list.decode(row["guilds"]), channels=_channel_list.decode(row["channels"]),
+            friend_ids=friends, contact_ids=contacts, presence_guild_ids=_str_list.decode(row["small"]),
         )
 
     # -- access --------------------------------------------------------------------------

@@ -45,6 +45,13 @@ def _ty(user: str) -> str:
     return f"pres:ty:{user}"
 
 
+def _chosen(raw: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {_d(k): _d(v) for k, v in raw.items()}
+    if "activity" in out:
+        out["activity"] = orjson.loads(out["activity"]) if out["activity"] != "null" else None
+    return out
+
+
 class PresenceStore:
     def __init__(self, redis: aioredis.Redis, key_ttl_s: int) -> None:
         self.r = redis
@@ -52,8 +59,9 @@ class PresenceStore:
 
     # -- sessions ------------------------------------------------------------------------
     async def open_session(self, user: str, session_id: str, node: str, guilds: list[str],
-                           friends: list[str]) -> int:
-        """Record a session; returns the user's session count before it."""
+                           friends: list[str]) -> tuple[int, dict[str, Any]]:
+        """Record a session; returns the user's session count before it and their chosen
+        status (one round trip)."""
         p = self.r.pipeline(transaction=True)
         p.hlen(_s(user))
         p.hset(_s(user), session_id, node)
@@ -64,8 +72,9 @@ class PresenceStore:
         p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
         p.expire(_aud(user), self.ttl)
         p.expire(_st(user), self.ttl * 30)
+        p.hgetall(_st(user))
         res = await p.execute()
-        return int(res[0]) - (0 if res[1] else 1)
+        return int(res[0]) - (0 if res[1] else 1), _chosen(res[-1])
 
     async def close_session(self, user: str, session_id: str, node: str) -> int:
         """Forget a session; returns how many sessions the user has left (-1 if unknown)."""
@@ -85,11 +94,7 @@ class PresenceStore:
 
     # -- status --------------------------------------------------------------------------
     async def chosen(self, user: str) -> dict[str, Any]:
-        raw = await self.r.hgetall(_st(user))
-        out: dict[str, Any] = {_d(k): _d(v) for k, v in raw.items()}
-        if "activity" in out:
-            out["activity"] = orjson.loads(out["activity"]) if out["activity"] != "null" else None
-        return out
+        return _chosen(await self.r.hgetall(_st(user)))
 
     async def set_chosen(self, user: str, status: str, activity: dict[str, str] | None) -> None:
         await self.r.hset(_st(user), mapping={"status": status, "activity": orjson.dumps(activity)})
