@@ -160,8 +160,9 @@ class OurStack:
     kind = "chat"
     name = "ours"
 
-    def __init__(self, servers: Servers) -> None:
+    def __init__(self, servers: Servers, env: dict[str, str] | None = None) -> None:
         self.servers = servers
+        self.env = env or {}
         self.cluster: Any = None
         self.n = 0
 
@@ -169,7 +170,7 @@ class OurStack:
         self.n += 1
         # the messaging service's Socket.IO emits travel over the same Redis; a fresh
         # channel name per start keeps runs apart
-        self.cluster = start_cluster(self.servers, f"bench-{self.n}")
+        self.cluster = start_cluster(self.servers, f"bench-{self.n}", **self.env)
 
     @property
     def urls(self) -> list[str]:
@@ -822,6 +823,8 @@ def main() -> int:
     ap.add_argument("--from-results", help="only re-render the report and plots from a results JSON")
     ap.add_argument("--chat-rates", help="chat steps in msg/s, comma separated (e.g. 1000 to hold one rate)")
     ap.add_argument("--chat-step-s", type=float, help="seconds per chat step")
+    ap.add_argument("--ours-env", action="append", default=[], metavar="CHAT_X=value",
+                    help="a setting for this project's processes (repeatable), e.g. CHAT_TRACE_SAMPLE_RATIO=0.01")
     args = ap.parse_args()
     sz = QUICK if args.quick else Sizes()
     if args.chat_rates:
@@ -847,7 +850,8 @@ def main() -> int:
     servers = start_servers(RUN_DIR / "servers")
     results: dict[str, dict[str, Any]] = {}
     try:
-        stacks = {"ours": OurStack(servers), "node": PeerStack("node", servers), "py": PeerStack("py", servers)}
+        ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
+        stacks = {"ours": OurStack(servers, ours_env), "node": PeerStack("node", servers), "py": PeerStack("py", servers)}
         for k, sc in enumerate(scenarios):
             for s in stack_names:
                 say(f"[{k + 1}/{len(scenarios)}] {sc} / {STACK_LABEL[s]}")

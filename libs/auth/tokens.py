@@ -9,8 +9,10 @@ breaker). The algorithm list is fixed by configuration; ``alg: none`` never pass
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from libs.resilience.breaker import CircuitBreaker
 
 SUB_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 REQUIRED_CLAIMS = ["sub", "exp", "iat", "aud", "iss"]
+VERIFIED_CACHE_SIZE = 20_000
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -67,10 +70,29 @@ class TokenVerifier:
         else:
             raise ValueError("either CHAT_JWT_JWKS_URL or dev mode with CHAT_JWT_SECRET is required")
         self._last_refresh = 0.0
+        # Tokens already verified (a reconnecting client presents the same one): digest ->
+        # identity, until the token expires. Verification of a token has no other inputs
+        # that change (audience, issuer and keys are fixed; a signing key is never un-trusted
+        # while a token it signed is valid).
+        self._verified: OrderedDict[bytes, Identity] = OrderedDict()
 
     async def verify(self, token: Any) -> Identity:
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise Unauthorized("missing or malformed token")
+        digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            if known.expires_at + self.leeway_s > time.time():
+                self._verified.move_to_end(digest)
+                return known
+            del self._verified[digest]
+        identity = await self._verify(token)
+        self._verified[digest] = identity
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
         try:
             if self._jwks is not None:
                 key: Any = await self._signing_key(token)

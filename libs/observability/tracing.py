@@ -9,16 +9,21 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 _provider: TracerProvider | None = None
 
 
 def setup_tracing(service: str, node: str, otlp_endpoint: str = "",
-                  exporter: SpanExporter | None = None) -> TracerProvider:
+                  exporter: SpanExporter | None = None, sample_ratio: float = 1.0) -> TracerProvider:
     """Install the process's tracer provider. Spans are always created (ids appear in
-    logs); they are exported only when an endpoint or exporter is given."""
+    logs); they are exported only when an endpoint or exporter is given. Below a ratio
+    of 1, only that share of new traces is recorded (the rest cost an id and a context);
+    a trace that arrives with a caller's decision (NATS headers) follows it."""
     global _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.instance.id": node}))
+    sampler = ParentBased(TraceIdRatioBased(min(1.0, max(0.0, sample_ratio)))) if sample_ratio < 1.0 else None
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.instance.id": node}),
+                              sampler=sampler)
     if exporter is None and otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

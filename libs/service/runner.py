@@ -120,7 +120,7 @@ def run(service: str, settings_cls: type[S],
         return 2
     node_id = settings.node_id or default_node_id(service)
     setup_logging(service, node_id, settings.log_format, settings.log_level)
-    setup_tracing(service, node_id, settings.otlp_endpoint)
+    setup_tracing(service, node_id, settings.otlp_endpoint, sample_ratio=settings.trace_sample_ratio)
     try:
         import uvloop
 
