@@ -79,7 +79,7 @@ class TokenVerifier:
     async def verify(self, token: Any) -> Identity:
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise Unauthorized("missing or malformed token")
-        digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         known = self._verified.get(digest)
         if known is not None:
             if known.expires_at + self.leeway_s > time.time():

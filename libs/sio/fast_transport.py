@@ -136,6 +136,8 @@ class DirectWebSocket:
     """python-engineio's aiohttp WebSocket driver, without compression, writing frames to
     the transport itself (batched per event-loop pass)."""
 
+    __slots__ = ("handler", "server", "_sock", "transport", "_pending", "_pending_bytes", "_batcher")
+
     def __init__(self, handler: Any, server: Any) -> None:
         self.handler = handler
         self.server = server

@@ -46,7 +46,7 @@ async def test_bad_tokens_are_refused_and_not_cached():
     v = verifier()
     forged = jwt.encode({"sub": "alice", "aud": "chat", "iss": "chat-dev", "iat": int(time.time()),
                          "exp": int(time.time()) + 60}, "another-secret-of-32-bytes-long!", algorithm="HS256")
-    for bad in (forged, "", "not.a.jwt", None, 42, "x" * 9000):
+    for bad in (forged, "", "not.a.jwt", "\ud800", "a.\udcff.b", None, 42, "x" * 9000):
         with pytest.raises(Unauthorized):
             await v.verify(bad)
     assert len(v._verified) == 0  # noqa: SLF001

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from services.gateway import metrics
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     sid: str
     user_id: str

@@ -35,6 +35,8 @@ PROTOCOL_ERRORS = Counter("chat_gateway_protocol_errors_total",
                           "Malformed Socket.IO traffic that closed the connection or was refused", ["kind"])
 
 DROPPABLE_PREFIXES = ('2["typing"', '2["typing:stop"', '2["presence"')
+# What stays of a socket's environ once it has connected.
+KEPT_ENVIRON = ("REMOTE_ADDR", "aiohttp.request")
 # Names python-socketio routes to its own handlers: never accepted from a client.
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
                              "newListener", "removeListener", "*"})
@@ -62,6 +64,18 @@ class GatewayServer(socketio.AsyncServer):
         result = await super()._handle_eio_connect(eio_sid, environ)
         asyncio.get_running_loop().call_later(
             self.connect_timeout_s, lambda: asyncio.ensure_future(self._close_if_unconnected(eio_sid)))
+        return result
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> Any:
+        result = await super()._handle_connect(eio_sid, namespace, data)
+        environ = self.environ.get(eio_sid)
+        if environ is not None and len(environ) > len(KEPT_ENVIRON) and \
+                self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
+            # Connected: nothing reads the WSGI-style environ (every header, copied) again.
+            # Trimmed in place, as the connection's request frames hold the same dict.
+            kept = {k: environ[k] for k in KEPT_ENVIRON if k in environ}
+            environ.clear()
+            environ.update(kept)
         return result
 
     async def _close_if_unconnected(self, eio_sid: str) -> None:
