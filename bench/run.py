@@ -617,7 +617,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     srow("back-and-caught-up time p50 / p99 (ms)", lambda k: f"{fmt(k['back_ms']['p50_ms'], 0)} / {fmt(k['back_ms']['p99_ms'], 0)}")
     srow("messages acknowledged during the run", lambda k: k["acked"], 0)
     srow("missing before the hole sync", lambda k: k["missing_before_settle"], 0)
-    srow("lost (after the hole sync)", lambda k: k["lost"], 0)
+    srow("lost: missing for clients back, after the hole sync", lambda k: k["lost"], 0)
+    srow("clients not back at the end (their missing messages, not caught up yet)",
+         lambda k: f"{k.get('not_back_at_end', 0):,} ({k.get('not_back_missing', 0):,})" if "not_back_at_end" in k else "—")
     srow("sync calls", lambda k: k["syncs"], 0)
     srow("load generator CPU during the storm (%)", lambda k: k["storm_phase"]["loadgen_cpu_pct"], 0)
     w("")
@@ -667,8 +669,10 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     if S.get("ours"):
         so = S["ours"]
         met = so["all_back_s"] is not None and so["all_back_s"] <= 10 and so["lost"] == 0
-        w(f"| reconnect storm of {so['clients']:,} clients caught up ≤ 10 s, zero loss | {fmt(so['all_back_s'], 2)} s, "
-          f"lost {so['lost']} | (no history) | {yes(met)} |")
+        took = fmt(so["all_back_s"], 2) + " s" if so["all_back_s"] is not None else \
+            f"{so['back']:,}/{so['clients']:,} back within {sz.storm_timeout_s:.0f} s"
+        w(f"| reconnect storm of {so['clients']:,} clients caught up ≤ 10 s, zero loss | {took}, lost {so['lost']} "
+          f"| (no history) | {yes(met)} |")
     w("")
     if C.get("ours") and C["ours"]["steps"]:
         w("### Where a persisted chat message's CPU goes (this project)")
@@ -748,10 +752,11 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
             w("")
     w("## Reproducing")
     w("")
-    w("`make bench` (full sizes; not timed on this machine yet — this project connects at roughly 10 "
-      "authenticated sessions/s under presence load, so the 5,000-client storm setup alone can take "
-      "several minutes) or `.venv/bin/python bench/run.py --quick` (about 9 min here). "
-      "`--scenarios` and `--stacks` select a subset. Progress lines are printed per phase.")
+    w(f"`make bench` (full sizes; this run took {wall_s / 60:.1f} min) or `make bench BENCH_ARGS=--quick` "
+      "(shorter phases, 2,000 connections, a 1,000-client storm; a few minutes). `--scenarios` and `--stacks` "
+      "select a subset, `--ours-env CHAT_X=value` sets a setting of this project's processes. Progress lines "
+      "are printed per phase; each scenario of this project leaves every process's `/metrics` under "
+      "`.run/bench/`. How the figures were worked on: [performance.md](performance.md).")
     w("")
     out.write_text("\n".join(L))
 

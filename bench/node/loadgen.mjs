@@ -444,10 +444,14 @@ async function storm() {
   await sendLoop;
   await sleep(2000);
   // the client's own rule: a hole means `sync`
-  const missingOf = () => members.reduce((n, c) => { let m = 0; for (const s of acked.get(c.room)) if (!c.seen.has(s)) m += 1; return n + m; }, 0);
-  const missingBefore = missingOf();
+  const missingOf = (list) => list.reduce((n, c) => { let m = 0; for (const s of acked.get(c.room)) if (!c.seen.has(s)) m += 1; return n + m; }, 0);
+  const missingBefore = missingOf(members);
   if (CHAT && missingBefore) { log(`${missingBefore} holes; members sync`); await pool(members.filter((c) => c.socket.connected), 200, (c) => startSync(c)); }
-  const missingAfter = missingOf();
+  // Loss is what a member that is back (reconnected and synced) still misses; a member not
+  // back by now has not caught up yet, which is reported apart (its messages are stored).
+  const backNow = members.filter((c) => c.backAt !== null);
+  const notBack = members.filter((c) => c.backAt === null);
+  const missingAfter = missingOf(backNow);
   const reconnectTimes = members.filter((c) => c.reconnectedAt).map((c) => c.reconnectedAt - tDrop);
   const backTimes = members.filter((c) => c.backAt).map((c) => c.backAt - tDrop);
   const res = {
@@ -456,6 +460,7 @@ async function storm() {
     reconnect_ms: summary(reconnectTimes), back_ms: summary(backTimes),
     acked: [...acked.values()].reduce((n, s) => n + s.size, 0), send_errors: sendErrors,
     missing_before_settle: missingBefore, lost: missingAfter, syncs: members.reduce((n, c) => n + c.syncs, 0),
+    not_back_at_end: notBack.length, not_back_missing: missingOf(notBack),
     storm_phase: phaseCost(a, b), settle_s: settleS,
   };
   for (const c of all) c.close();

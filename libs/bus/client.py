@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
-from libs.bus import schemas
+from libs.bus import schemas, subjects
 from libs.bus.subjects import metric_label
 from libs.errors import ChatError, Internal, Invalid, Unavailable, from_dict
 from libs.observability import metrics
@@ -40,6 +40,22 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 _reply_decoder = msgspec.json.Decoder(schemas.Reply)
 DEADLINE_HEADER = "Chat-Deadline"  # epoch milliseconds after which the requester stops waiting
+
+
+class BusUnavailable(Unavailable):
+    """The NATS connection itself failed (counts against the ``nats`` breaker)."""
+
+
+class ServiceUnavailable(Unavailable):
+    """The bus worked but the service did not answer (counts against that service's breaker)."""
+
+
+def _bus_failure(exc: BaseException) -> bool:
+    return isinstance(exc, BusUnavailable)
+
+
+def _service_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ServiceUnavailable)
 
 
 class Bus:
@@ -67,6 +83,8 @@ class Bus:
         self.last_change = time.time()
         self.reconnects = 0
         self._decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+        self._service_breakers: dict[str, CircuitBreaker] = {}
+        self._service_probers: list[asyncio.Task[None]] = []
         metrics.DEPENDENCY_UP.labels("nats").set(0)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -97,6 +115,8 @@ class Bus:
         self._closing = True
         if getattr(self, "_prober", None) is not None:
             self._prober.cancel()
+        for prober in self._service_probers:
+            prober.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -191,6 +211,31 @@ class Bus:
             self._task = asyncio.create_task(self._connect_forever(), name="bus-connect")
 
     # -- request/reply -----------------------------------------------------------------
+    def _service_breaker(self, subject: str) -> CircuitBreaker:
+        """One breaker per service called (bulkheads): a service that stops answering is cut
+        off on its own, while requests to the others go on. While open, the service's
+        ``ping`` is probed on the backoff schedule; the first answer half-opens it."""
+        parts = subject.split(".", 3)
+        service = parts[2] if len(parts) == 4 and parts[:2] == ["chat", "svc"] else subject
+        br = self._service_breakers.get(service)
+        if br is None:
+            b = self.breaker
+            br = self._service_breakers[service] = CircuitBreaker(
+                f"service:{service}", failures=b.failure_threshold, open_s=b.open_s,
+                half_open_probes=b.half_open_probes, close_after=b.close_after)
+            if parts[:2] == ["chat", "svc"]:
+                self._service_probers.append(br.start_prober(
+                    lambda: self._ping(service), Backoff(initial=self.backoff.initial, maximum=self.backoff.maximum,
+                                                         factor=self.backoff.factor)))
+        return br
+
+    async def _ping(self, service: str) -> bool:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return False
+        await nc.request(subjects.service_request(service, subjects.ServiceOps.PING), b"{}", timeout=2)
+        return True
+
     def _decoder(self, typ: type[S]) -> msgspec.json.Decoder[S]:
         dec = self._decoders.get(typ)
         if dec is None:
@@ -207,18 +252,19 @@ class Bus:
                 nc = self.nc
                 if nc is None or not nc.is_connected:
                     raise Unavailable("message bus unavailable")
-                async with self.breaker.guard():
+                service_breaker = self._service_breaker(subject)
+                async with self.breaker.guard(counts=_bus_failure), service_breaker.guard(counts=_service_failure):
                     wait = timeout or self.request_timeout
                     headers = inject_headers({DEADLINE_HEADER: str(int((time.time() + wait) * 1000))})
                     try:
                         msg = await nc.request(subject, schemas.dumps(payload), timeout=wait, headers=headers)
                     except (TimeoutError, nats.errors.TimeoutError):
-                        raise Unavailable("service did not answer in time") from None
+                        raise ServiceUnavailable("service did not answer in time") from None
                     except nats.errors.NoRespondersError:
-                        raise Unavailable("no service instance is available") from None
+                        raise ServiceUnavailable("no service instance is available") from None
                     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                             nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError):
-                        raise Unavailable("message bus unavailable") from None
+                        raise BusUnavailable("message bus unavailable") from None
                 reply = _reply_decoder.decode(msg.data)
                 if not reply.ok:
                     body = msgspec.to_builtins(reply.error) if reply.error else {"code": "internal"}

@@ -75,7 +75,7 @@ def start_cluster(servers: Servers, name: str, gateways: int = 2, default_limits
                   **env: str) -> Cluster:
     """``default_limits``: keep the production rate limits (tests of rate limiting)."""
     base_env = {"CHAT_JWT_SECRET": JWT_SECRET, "CHAT_ADMIN_TOKEN": "test-admin-token",
-                "CHAT_LOG_LEVEL": "INFO", "CHAT_TYPING_TTL_S": "3", **({} if default_limits else relaxed_rate_limits()), **env}
+                "CHAT_LOG_LEVEL": "INFO", "CHAT_TYPING_TTL_S": "3", "CHAT_OFFLINE_GRACE_S": "2", **({} if default_limits else relaxed_rate_limits()), **env}
     cluster = Cluster(servers.nats.url, servers.redis.url, servers.new_database(),
                       servers.base / f"logs-{name}", base_env=base_env)
     try:

@@ -30,6 +30,8 @@ TYPING_STOPS = Counter("chat_presence_typing_stops_total", "typing:stop emitted"
 NODES_DEAD = Counter("chat_presence_dead_nodes_total", "gateway nodes declared dead and cleaned up")
 RESYNCS = Counter("chat_presence_resyncs_total", "gateway nodes asked to re-register their sessions")
 TYPING_ENTRIES = Gauge("chat_presence_typing_entries", "users typing somewhere")
+OFFLINE_AFTER_GRACE = Counter("chat_presence_offline_grace_ended_total",
+                              "users whose offline grace ran out (announced if still without a session)")
 KNOWN_NODES = Gauge("chat_presence_nodes", "gateway nodes with a recent heartbeat record")
 
 
@@ -39,12 +41,14 @@ def now_iso() -> str:
 
 class PresenceService:
     def __init__(self, store: PresenceStore, emitter: ResilientRedisManager, bus: Bus, *,
-                 typing_ttl_s: float, node_timeout_s: float) -> None:
+                 typing_ttl_s: float, node_timeout_s: float, offline_grace_s: float = 0.0) -> None:
         self.store = store
         self.emitter = emitter
         self.bus = bus
         self.typing_ttl_s = typing_ttl_s
         self.node_timeout_s = node_timeout_s
+        self.offline_grace_s = offline_grace_s
+        self.next_sweep_at = 0.0  # when the sweep loop plans to run next (set by the loop)
         self.typing_wakeup = asyncio.Event()
         self._last_resync: dict[str, float] = {}
 
@@ -61,7 +65,16 @@ class PresenceService:
         if left == 0:
             for channel in await self.store.typing_channels(user_id):
                 await self.typing_stop(user_id, channel, reason)
-            await self.announce(user_id)
+            if reason == "disconnect" and self.offline_grace_s > 0:
+                # A client that reconnects within the grace (a network blip, a deploy, a
+                # reconnect storm) is never shown offline and back: the sweep announces
+                # whatever the user's state is when the grace ends.
+                due = time.time() + self.offline_grace_s
+                await self.store.offline_later(user_id, due)
+                if due < self.next_sweep_at:
+                    self.typing_wakeup.set()
+            else:
+                await self.announce(user_id)
 
     async def update(self, req: schemas.PresenceUpdate) -> None:
         activity = msgspec.to_builtins(req.activity) if req.activity else None
@@ -115,7 +128,11 @@ class PresenceService:
             TYPING_STOPS.labels(reason).inc()
 
     async def sweep_typing(self) -> float | None:
-        """End expired typing; returns the next expiry (epoch seconds) if any."""
+        """End expired typing and announce users whose offline grace ran out; returns the
+        next time there is something to do (epoch seconds), if any."""
+        for user in await self.store.offline_due(time.time()):
+            await self.announce(user)
+            OFFLINE_AFTER_GRACE.inc()
         expired = await self.store.typing_expired(time.time())
         for channel, user in expired:
             await self.typing_stop(user, channel, "expired")
@@ -125,7 +142,8 @@ class PresenceService:
         sizes = await self.store.sizes()
         TYPING_ENTRIES.set(sizes["typing"])
         KNOWN_NODES.set(sizes["nodes"])
-        return await self.store.typing_next_expiry()
+        nxt = [t for t in (await self.store.typing_next_expiry(), await self.store.offline_next()) if t is not None]
+        return min(nxt) if nxt else None
 
     # -- node liveness ---------------------------------------------------------------------
     async def heartbeat(self, hb: schemas.NodeHeartbeat) -> None:

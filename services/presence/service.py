@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 
 async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     s: PresenceSettings = ctx.settings
-    redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=s.redis_timeout_s,
-                                    socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True,
-                                    health_check_interval=10)
+    # A blocking pool: under a burst, a handler waits for a connection (up to the Redis
+    # timeout) instead of failing; 64 = the bus handlers' concurrency.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        s.redis_url, max_connections=64, timeout=s.redis_timeout_s, socket_timeout=s.redis_timeout_s,
+        socket_connect_timeout=s.redis_timeout_s, socket_keepalive=True, health_check_interval=10)
+    redis = aioredis.Redis(connection_pool=pool)
+    stack.push_async_callback(pool.disconnect)
     stack.push_async_callback(redis.aclose)
     breaker = ctx.breaker("redis")
     emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True, backoff=ctx.backoff(), breaker=breaker)
@@ -34,7 +38,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     stack.push_async_callback(emitter.stop)
     bus = await ctx.start_bus(stack)
     presence = PresenceService(PresenceStore(redis, s.key_ttl_s), emitter, bus,
-                               typing_ttl_s=s.typing_ttl_s, node_timeout_s=s.node_timeout_s)
+                               typing_ttl_s=s.typing_ttl_s, node_timeout_s=s.node_timeout_s,
+                               offline_grace_s=s.offline_grace_s)
     handlers = PresenceHandlers(presence, bus, breaker, s.redis_timeout_s)
     await handlers.register()
     await register_ping(ctx)
@@ -46,6 +51,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
             if isinstance(nxt, float):
                 wait = min(s.typing_sweep_s, max(0.05, nxt - time.time()))
             presence.typing_wakeup.clear()
+            presence.next_sweep_at = time.time() + wait
             try:
                 await asyncio.wait_for(presence.typing_wakeup.wait(), wait)
             except TimeoutError:

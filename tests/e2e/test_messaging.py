@@ -163,3 +163,59 @@ async def test_plain_text_round_trips(http, cluster: Stack, text: str):
     assert ack["ok"], ack
     assert ack["message"]["content"] in (text, html.escape(text, quote=False))
     await alice.close()
+
+
+async def test_one_nonce_sent_at_once_from_two_nodes_is_one_message_and_seqs_stay_gap_free(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    owner = await ChatClient(http, g1, uid("own")).login()
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    guild = await guild_with_members(owner, alice)
+    ch = guild["text_channel"]
+    socks = [await alice.connect(g1), await alice.connect(g2), await alice.connect(g1), await alice.connect(g2)]
+    for round_ in range(5):
+        acks = await asyncio.gather(*(s.call("message:send", {"channel_id": ch, "content": f"r{round_}",
+                                                              "nonce": f"same-{round_}"})
+                                      for s in socks for _ in range(3)))
+        assert all(a["ok"] for a in acks), acks
+        assert len({a["message"]["id"] for a in acks}) == 1
+        assert {a["message"]["seq"] for a in acks} == {round_ + 1}
+    follow = await socks[0].call("message:send", {"channel_id": ch, "content": "after", "nonce": "after"})
+    assert follow["message"]["seq"] == 6  # five messages, then this one: no seq was lost to a duplicate
+    events = await sync_all(socks[0], ch, 0)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
+    await alice.close()
+
+
+async def test_send_checks_reply_mentions_and_channel_kind(http, cluster: Stack):
+    g1, _ = cluster.gateways
+    owner = await ChatClient(http, g1, uid("own")).login()
+    bob = await ChatClient(http, g1, uid("bob")).login()
+    stranger = await ChatClient(http, g1, uid("str")).login()
+    guild = await guild_with_members(owner, bob)
+    other = await guild_with_members(stranger)
+    ch = guild["text_channel"]
+    s = await owner.connect()
+    first = await s.call("message:send", {"channel_id": ch, "content": "first", "nonce": "c1"})
+    assert first["ok"], first
+    ok = await s.call("message:send", {"channel_id": ch, "content": "re", "nonce": "c2",
+                                       "reply_to": first["message"]["id"], "mentions": [bob.user_id]})
+    assert ok["ok"] and ok["message"]["reply_to"] == first["message"]["id"]
+    assert ok["message"]["mentions"] == [bob.user_id] and ok["message"]["seq"] == 2
+    s2 = await stranger.connect()
+    elsewhere = await s2.call("message:send", {"channel_id": other["text_channel"], "content": "x", "nonce": "e1"})
+    bad_reply = await s.call("message:send", {"channel_id": ch, "content": "x", "nonce": "c3",
+                                              "reply_to": elsewhere["message"]["id"]})
+    assert bad_reply["error"]["code"] == "not_found"
+    bad_mention = await s.call("message:send", {"channel_id": ch, "content": "x", "nonce": "c4",
+                                                "mentions": [bob.user_id, stranger.user_id]})
+    assert bad_mention["error"]["code"] == "invalid" and stranger.user_id in bad_mention["error"]["message"]
+    voice_id = next(c["id"] for c in guild["channels"] if c["kind"] == "voice")
+    voice = await s.call("message:send", {"channel_id": voice_id, "content": "x", "nonce": "c5"})
+    assert voice["error"]["code"] == "invalid"
+    not_mine = await s.call("message:send", {"channel_id": other["text_channel"], "content": "x", "nonce": "c6"})
+    assert not_mine["error"]["code"] == "not_found"
+    # none of the refused sends took a seq
+    nxt = await s.call("message:send", {"channel_id": ch, "content": "next", "nonce": "c7"})
+    assert nxt["message"]["seq"] == 3
+    await owner.close()
+    await stranger.close()

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 NODES = "pres:nodes"
 TYPING = "pres:typing"
+OFFLINE_DUE = "pres:offline-due"  # user -> when their last session's close is announced
 
 
 def _d(value: Any) -> str:
@@ -185,6 +186,25 @@ class PresenceStore:
 
     async def typing_next_expiry(self) -> float | None:
         first = await self.r.zrange(TYPING, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    # -- offline after a grace period ---------------------------------------------------------
+    async def offline_later(self, user: str, due: float) -> None:
+        await self.r.zadd(OFFLINE_DUE, {user: due})
+
+    async def offline_due(self, now: float, limit: int = 500) -> list[str]:
+        """Users whose grace has run out, each handed to exactly one caller (ZREM decides)."""
+        members = await self.r.zrangebyscore(OFFLINE_DUE, "-inf", now, start=0, num=limit)
+        if not members:
+            return []
+        p = self.r.pipeline(transaction=False)
+        for m in members:
+            p.zrem(OFFLINE_DUE, m)  # type: ignore[arg-type]
+        removed = await p.execute()
+        return [_d(m) for m, gone in zip(members, removed) if gone]
+
+    async def offline_next(self) -> float | None:
+        first = await self.r.zrange(OFFLINE_DUE, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     async def sizes(self) -> dict[str, int]:
