@@ -53,10 +53,27 @@ def _chosen(raw: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
+# KEYS: pres:s:<user>, pres:st:<user> for each user -> JSON [[index, sessions, status,
+# activity, since], ...] for the users with at least one session.
+MANY_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local n = redis.call('HLEN', KEYS[i])
+  if n > 0 then
+    local st = redis.call('HMGET', KEYS[i + 1], 'status', 'activity', 'since')
+    out[#out + 1] = {(i + 1) / 2, n, st[1] or false, st[2] or false, st[3] or false}
+  end
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
+"""
+
+
 class PresenceStore:
     def __init__(self, redis: aioredis.Redis, key_ttl_s: int) -> None:
         self.r = redis
         self.ttl = key_ttl_s
+        self._many_script = redis.register_script(MANY_LUA)
 
     # -- sessions ------------------------------------------------------------------------
     async def open_session(self, user: str, session_id: str, node: str, guilds: list[str],
@@ -106,20 +123,23 @@ class PresenceStore:
         await self.r.hset(_st(user), mapping={"shown": shown, "since": since})
 
     async def many(self, users: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
-        """(user, session count, chosen status) for each user."""
+        """(user, session count, chosen status) for each of ``users`` who has a session
+        (the others are offline whatever they chose): one script call, one reply to parse,
+        instead of two replies per user."""
         if not users:
             return []
-        p = self.r.pipeline(transaction=False)
-        for u in users:
-            p.hlen(_s(u))
-            p.hgetall(_st(u))
-        res = await p.execute()
+        keys = [k for u in users for k in (_s(u), _st(u))]
+        raw = await self._many_script(keys=keys)
         out = []
-        for i, u in enumerate(users):
-            raw: dict[str, Any] = {_d(k): _d(v) for k, v in res[2 * i + 1].items()}
-            if "activity" in raw:
-                raw["activity"] = orjson.loads(raw["activity"]) if raw["activity"] != "null" else None
-            out.append((u, int(res[2 * i]), raw))
+        for index, sessions, status, activity, since in orjson.loads(raw):
+            chosen: dict[str, Any] = {}
+            if status:
+                chosen["status"] = status
+            if activity:
+                chosen["activity"] = orjson.loads(activity) if activity != "null" else None
+            if since:
+                chosen["since"] = since
+            out.append((users[int(index) - 1], int(sessions), chosen))
         return out
 
     # -- nodes ---------------------------------------------------------------------------
