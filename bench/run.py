@@ -417,8 +417,8 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     w("# Benchmarks")
     w("")
     w(f"Measured {info['date']} with `bench/run.py`{' --quick (shorter phases and smaller sizes, see below)' if quick else ''}; "
-      + (f"the whole run took {wall_s / 60:.1f} min. " if wall_s else "") + "Figures come from `bench/run.py`; raw results are in "
-      "`bench/results/latest.json`. Nothing below is estimated: a missing figure is marked “—” and explained.")
+      + (f"the whole run took {wall_s / 60:.1f} min. " if wall_s else "") + "Figures come from `bench/run.py`; the run writes its raw results to "
+      "`bench/results/latest.json` (several MB, not kept in git). Nothing below is estimated: a missing figure is marked “—” and explained.")
     w("")
     w("## Machine and versions")
     w("")
