@@ -88,6 +88,31 @@ class ProcessContext:
                               half_open_probes=s.breaker_half_open_probes,
                               close_after=s.breaker_close_after)
 
+    def start_emitter(self, stack: AsyncExitStack) -> Any:
+        """The process's write-only Socket.IO adapter (emits to rooms, holds no sockets)."""
+        from libs.sio.redis_manager import ResilientRedisManager
+
+        s = self.settings
+        emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True,
+                                        backoff=self.backoff(), breaker=self.breaker("redis"))
+        emitter.start()
+        stack.push_async_callback(emitter.stop)
+        return emitter
+
+    async def start_database(self, stack: AsyncExitStack, *, migrate: bool = True) -> Any:
+        """The Postgres pool from the ``db_*`` settings, built in the background; ready only
+        with a pool. ``migrate``: apply pending migrations (under an advisory lock)."""
+        from libs.db.database import Database
+
+        s = self.settings
+        db = Database(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max,
+                      acquire_timeout=s.db_acquire_timeout_s, statement_timeout_ms=s.db_statement_timeout_ms,
+                      backoff=self.backoff(), breaker=self.breaker("postgres"), migrate=migrate)
+        await db.start()
+        stack.push_async_callback(db.close)
+        self.readiness.add_check("postgres", lambda: db.pool is not None)
+        return db
+
     async def start_bus(self, stack: AsyncExitStack) -> Bus:
         bus = Bus(self.settings.nats_url, name=self.node_id,
                   request_timeout=self.settings.bus_request_timeout_s,

@@ -237,6 +237,13 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             await self._reset_publisher()
             return False
 
+    async def force_reconnect(self) -> None:
+        """Drop both Redis connections now (an operator's recovery): the listener and the
+        publisher reconnect at once, and queued emits are sent as soon as they do."""
+        await self._close_listener_connection()
+        await self._reset_publisher()
+        self._wakeup.set()
+
     async def _reset_publisher(self) -> None:
         conn, self._pub_redis = self._pub_redis, None
         if conn is not None:

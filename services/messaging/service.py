@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from libs.db.database import Database
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
-from libs.sio.redis_manager import ResilientRedisManager
 from services.messaging.adapters.guild_store import GuildStore
 from services.messaging.adapters.outbox import OutboxPublisher
 from services.messaging.adapters.store import Store
@@ -17,17 +15,9 @@ from services.messaging.transport.bus_handlers import MessagingHandlers
 
 async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     s: MessagingSettings = ctx.settings
-    db = Database(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max,
-                  acquire_timeout=s.db_acquire_timeout_s, statement_timeout_ms=s.db_statement_timeout_ms,
-                  backoff=ctx.backoff(), breaker=ctx.breaker("postgres"))
-    await db.start()
-    stack.push_async_callback(db.close)
-    ctx.readiness.add_check("postgres", lambda: db.pool is not None)
+    db = await ctx.start_database(stack)
 
-    emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True,
-                                    backoff=ctx.backoff(), breaker=ctx.breaker("redis"))
-    emitter.start()
-    stack.push_async_callback(emitter.stop)
+    emitter = ctx.start_emitter(stack)
 
     bus = await ctx.start_bus(stack)
     outbox = OutboxPublisher(db, bus, ctx.backoff())

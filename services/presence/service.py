@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
-from libs.sio.redis_manager import ResilientRedisManager
 from services.presence.adapters.presence_store import PresenceStore
 from services.presence.presence import PresenceService
 from services.presence.settings import PresenceSettings
@@ -33,9 +32,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     stack.push_async_callback(pool.disconnect)
     stack.push_async_callback(redis.aclose)
     breaker = ctx.breaker("redis")
-    emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True, backoff=ctx.backoff(), breaker=breaker)
-    emitter.start()
-    stack.push_async_callback(emitter.stop)
+    emitter = ctx.start_emitter(stack)
     bus = await ctx.start_bus(stack)
     presence = PresenceService(PresenceStore(redis, s.key_ttl_s), emitter, bus,
                                typing_ttl_s=s.typing_ttl_s, node_timeout_s=s.node_timeout_s,

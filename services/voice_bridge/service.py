@@ -12,7 +12,6 @@ from prometheus_client import Gauge
 from libs.errors import ChatError
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
-from libs.sio.redis_manager import ResilientRedisManager
 from services.voice_bridge.adapters.livekit import LiveKit
 from services.voice_bridge.adapters.state_store import VoiceStateStore
 from services.voice_bridge.settings import VoiceBridgeSettings
@@ -33,10 +32,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
                             breaker=ctx.breaker("redis"))
     stack.push_async_callback(store.close)
 
-    emitter = ResilientRedisManager(s.redis_url, s.sio_channel, write_only=True,
-                                    backoff=ctx.backoff(), breaker=ctx.breaker("redis"))
-    emitter.start()
-    stack.push_async_callback(emitter.stop)
+    emitter = ctx.start_emitter(stack)
 
     livekit = LiveKit(s.livekit_url, s.livekit_api_key, s.livekit_api_secret, breaker=ctx.breaker("livekit"),
                       timeout_s=s.livekit_timeout_s, token_ttl_s=s.livekit_token_ttl_s)

@@ -87,8 +87,6 @@ class GatewayOps:
         if not self.admin_token or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return json_response({"error": {"code": "unauthorized", "message": "admin token required"}}, status=401)
         touched = half_open_all()
-        await self.manager._close_listener_connection()
-        await self.manager._reset_publisher()
-        self.manager._wakeup.set()
+        await self.manager.force_reconnect()
         log.warning("admin recovery: breakers half-opened %s; Redis connections reset", touched)
         return json_response({"ok": True, "half_opened": touched})
