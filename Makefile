@@ -58,4 +58,4 @@ bench: install
 ## writes docs/reliability.md.
 chaos: install $(NODE_CLIENT)
 	CHAT_CHAOS_LONG=1 CHAT_FUZZ_INPUTS=100000 CHAT_CHAOS_REPORT=docs/reliability.md \
-		$(PY) -m pytest -q -p no:cacheprovider tests/chaos
+		$(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/chaos
