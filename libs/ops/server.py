@@ -60,6 +60,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _not_tracing() -> web.Response:
+    return json_response({"error": "start the process with PYTHONTRACEMALLOC=1 (or more frames)"}, 409)
+
+
 class OpsServer:
     def __init__(self, host: str, port: int, readiness: Readiness, service: str, node: str) -> None:
         self.host = host
@@ -109,7 +113,7 @@ class OpsServer:
         import tracemalloc
 
         if not tracemalloc.is_tracing():
-            return json_response({"error": "start the process with PYTHONTRACEMALLOC=1 (or more frames)"}, 409)
+            return _not_tracing()
         self._memory_base = tracemalloc.take_snapshot()
         return json_response({"baseline": True, "traced_bytes": tracemalloc.get_traced_memory()[0]})
 
@@ -120,7 +124,7 @@ class OpsServer:
         import tracemalloc
 
         if not tracemalloc.is_tracing():
-            return json_response({"error": "start the process with PYTHONTRACEMALLOC=1 (or more frames)"}, 409)
+            return _not_tracing()
         limit = int(request.query.get("limit", "40"))
         snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         if self._memory_base is not None:

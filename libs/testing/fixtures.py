@@ -23,6 +23,7 @@ from libs.servers.processes import ManagedServer, NatsServer, PostgresServer, Re
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT_SECRET = "test-secret-0123456789abcdef0123456789"
+OFFLINE_GRACE_S = 2.0  # presence's offline grace in the test clusters
 ALLOWED_ORIGIN = "http://allowed.example"
 
 
@@ -75,7 +76,7 @@ def start_cluster(servers: Servers, name: str, gateways: int = 2, default_limits
                   **env: str) -> Cluster:
     """``default_limits``: keep the production rate limits (tests of rate limiting)."""
     base_env = {"CHAT_JWT_SECRET": JWT_SECRET, "CHAT_ADMIN_TOKEN": "test-admin-token",
-                "CHAT_LOG_LEVEL": "INFO", "CHAT_TYPING_TTL_S": "3", "CHAT_OFFLINE_GRACE_S": "2", **({} if default_limits else relaxed_rate_limits()), **env}
+                "CHAT_LOG_LEVEL": "INFO", "CHAT_TYPING_TTL_S": "3", "CHAT_OFFLINE_GRACE_S": str(OFFLINE_GRACE_S), **({} if default_limits else relaxed_rate_limits()), **env}
     cluster = Cluster(servers.nats.url, servers.redis.url, servers.new_database(),
                       servers.base / f"logs-{name}", base_env=base_env)
     try:
