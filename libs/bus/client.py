@@ -214,19 +214,23 @@ class Bus:
     def _service_breaker(self, subject: str) -> CircuitBreaker:
         """One breaker per service called (bulkheads): a service that stops answering is cut
         off on its own, while requests to the others go on. While open, the service's
-        ``ping`` is probed on the backoff schedule; the first answer half-opens it."""
+        ``ping`` is probed on the backoff schedule; the first answer half-opens it.
+
+        Requests go only to ``chat.svc.<service>.<op>``: a breaker is one service's, and its
+        prober pings that service."""
         parts = subject.split(".", 3)
-        service = parts[2] if len(parts) == 4 and parts[:2] == ["chat", "svc"] else subject
+        if len(parts) != 4 or parts[:2] != ["chat", "svc"]:
+            raise ValueError(f"not a service request subject: {subject!r}")
+        service = parts[2]
         br = self._service_breakers.get(service)
         if br is None:
             b = self.breaker
             br = self._service_breakers[service] = CircuitBreaker(
                 f"service:{service}", failures=b.failure_threshold, open_s=b.open_s,
                 half_open_probes=b.half_open_probes, close_after=b.close_after)
-            if parts[:2] == ["chat", "svc"]:
-                self._service_probers.append(br.start_prober(
-                    lambda: self._ping(service), Backoff(initial=self.backoff.initial, maximum=self.backoff.maximum,
-                                                         factor=self.backoff.factor)))
+            self._service_probers.append(br.start_prober(
+                lambda: self._ping(service), Backoff(initial=self.backoff.initial, maximum=self.backoff.maximum,
+                                                     factor=self.backoff.factor)))
         return br
 
     async def _ping(self, service: str) -> bool:
@@ -247,7 +251,10 @@ class Bus:
         label = metric_label(subject)
         started = time.perf_counter()
         outcome = "ok"
-        with _tracer.start_as_current_span(f"bus.request {label}", kind=trace.SpanKind.CLIENT) as span:
+        # A refusal or an unavailable service is an outcome, not a crash: it sets the span's
+        # status and code, without the traceback a recorded exception would format.
+        with _tracer.start_as_current_span(f"bus.request {label}", kind=trace.SpanKind.CLIENT,
+                                           record_exception=False, set_status_on_exception=False) as span:
             try:
                 nc = self.nc
                 if nc is None or not nc.is_connected:
@@ -273,11 +280,18 @@ class Bus:
             except ChatError as exc:
                 outcome = exc.code
                 span.set_attribute("chat.error_code", exc.code)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, exc.code))
                 raise
             except msgspec.DecodeError:
                 outcome = "internal"
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "internal"))
                 log.exception("bus: undecodable reply on %s", label)
                 raise Internal("undecodable reply") from None
+            except BaseException as exc:
+                outcome = "internal"
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                raise
             finally:
                 metrics.BUS_REQUESTS.labels(label, outcome).inc()
                 metrics.BUS_REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)

@@ -19,6 +19,7 @@ BREAKER_REJECTIONS = Counter("chat_breaker_rejections_total", "Calls refused by 
 # Dependencies
 DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency connection is up", ["dependency"])
 DEPENDENCY_RECONNECTS = Counter("chat_dependency_reconnects_total", "Reconnections of a dependency", ["dependency"])
+LOOP_ERRORS = Counter("chat_loop_errors_total", "Errors reported by the event loop's exception handler")
 DEPENDENCY_ERRORS = Counter("chat_dependency_errors_total", "Errors talking to a dependency", ["dependency"])
 
 # Bus

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from libs.bus.client import Bus
 from libs.config.common import CommonSettings
 from libs.config.settings import ConfigError, check_config, load
+from libs.observability import metrics
 from libs.observability.logging import setup_logging
 from libs.observability.tracing import setup_tracing, shutdown_tracing
 from libs.ops.server import OpsServer, Readiness
@@ -196,5 +197,8 @@ async def _drain(ctx: ProcessContext) -> None:
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     exc = context.get("exception")
-    log.error("unhandled error in the event loop: %s", context.get("message"),
+    metrics.LOOP_ERRORS.inc()
+    what = context.get("task") or context.get("future") or context.get("handle")
+    log.error("unhandled error in the event loop: %s%s", context.get("message"),
+              f" ({what!r:.300})" if what is not None else "",
               exc_info=exc if isinstance(exc, BaseException) else None)

@@ -31,7 +31,7 @@ from engineio import packet as eio_packet
 from libs.observability import metrics
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
-from libs.sio.fast_transport import packet_frame
+from libs.sio.fast_transport import FastPacket, packet_frame
 from libs.sio.outbound_queue import OutboundQueue
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,32 @@ class _OrjsonCodec:
     @staticmethod
     def loads(data: str | bytes) -> Any:
         return orjson.loads(data)
+
+
+class _SidList(dict[str, None]):
+    """The list python-socketio keeps of sids connecting or disconnecting in a namespace,
+    as an insertion-ordered dict: ``in`` and ``remove`` are O(1), not a scan of every sid
+    in a connect or disconnect storm."""
+
+    def __init__(self, sids: Any = ()) -> None:
+        super().__init__(dict.fromkeys(sids))
+
+    def append(self, sid: str) -> None:
+        self[sid] = None
+
+    def remove(self, sid: str) -> None:
+        try:
+            del self[sid]
+        except KeyError:
+            raise ValueError(sid) from None
+
+
+class _PendingSids(dict[str, _SidList]):
+    """``pending_connect`` / ``pending_disconnect``: namespace -> _SidList (the base class
+    stores a new ``[]`` per namespace; it becomes a _SidList)."""
+
+    def __setitem__(self, namespace: str, sids: Any) -> None:
+        super().__setitem__(namespace, sids if isinstance(sids, _SidList) else _SidList(sids))
 
 
 class ResilientRedisManager(socketio.AsyncRedisManager):
@@ -103,6 +129,11 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._watchdog_channel = f"{channel}:wd:{self.host_id}"
         self.on_connect: Callable[[str], Awaitable[None]] | None = None
         self.publish_state = "up"
+        # The rooms of each sid, so a disconnect leaves its own rooms instead of python-socketio's
+        # scan of every room of the namespace (quadratic in a reconnect storm).
+        self._sid_rooms: dict[tuple[str, str], set[Any]] = {}
+        self.pending_connect = _PendingSids()
+        self.pending_disconnect = _PendingSids()
         metrics.ADAPTER_LISTENER_UP.set(0)
 
     # -- startup -----------------------------------------------------------------------
@@ -141,6 +172,43 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 except Exception:
                     pass
 
+    # -- rooms: indexed by sid ----------------------------------------------------------------
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self._sid_rooms.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+
+    def basic_close_room(self, room: Any, namespace: str) -> None:
+        members = list(self.rooms.get(namespace, {}).get(room, {}))
+        super().basic_close_room(room, namespace)
+        for sid in members:
+            rooms = self._sid_rooms.get((namespace, sid))
+            if rooms is not None:
+                rooms.discard(room)
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """python-socketio's, leaving only the rooms this sid is in."""
+        rooms = self._sid_rooms.pop((namespace, sid), set())
+        if namespace not in self.rooms:
+            return
+        for room in rooms:
+            super().basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        return [r for r in self._sid_rooms.get((namespace, sid), ()) if r is not None]
+
     # -- connect hook: emit `ready` after the CONNECT packet ---------------------------
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
@@ -150,6 +218,28 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             except Exception:
                 log.exception("on_connect hook failed")
         return result
+
+    # -- emitting ---------------------------------------------------------------------------
+    async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None, **kwargs: Any) -> Any:
+        """python-socketio's emit, with two changes: the "does it hold bytes?" check is
+        FastPacket's, and an emit to one socket of this node (``ready``, an ack-less reply)
+        is delivered here only, not published for every other node to decode and drop."""
+        room = to or room
+        if kwargs.get("ignore_queue") or callback is not None:
+            return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                                      callback=callback, **kwargs)
+        namespace = namespace or "/"
+        data = list(data) if isinstance(data, tuple) else [data]
+        if FastPacket.data_is_binary(data):
+            return await super().emit(event, data[0] if len(data) == 1 else tuple(data), namespace=namespace,
+                                      room=room, skip_sid=skip_sid)
+        message = {"method": "emit", "event": event, "data": data, "binary": False, "namespace": namespace,
+                   "room": room, "skip_sid": skip_sid, "callback": None, "host_id": self.host_id}
+        await self._handle_emit(message)  # this node's sockets
+        if not (isinstance(room, str) and self.server is not None and self.is_connected(room, namespace)):
+            await self._publish(message)  # the other nodes'
+        return None
 
     # -- local delivery: one encoding, no task per recipient -------------------------------
     async def _handle_emit(self, message: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ TYPING_ENTRIES = Gauge("chat_presence_typing_entries", "users typing somewhere")
 OFFLINE_AFTER_GRACE = Counter("chat_presence_offline_grace_ended_total",
                               "users whose offline grace ran out (announced if still without a session)")
 KNOWN_NODES = Gauge("chat_presence_nodes", "gateway nodes with a recent heartbeat record")
+RESYNC_MIN_S = 30.0  # at most one resync request per node in this long
 
 
 def now_iso() -> str:
@@ -51,6 +52,7 @@ class PresenceService:
         self.next_sweep_at = 0.0  # when the sweep loop plans to run next (set by the loop)
         self.typing_wakeup = asyncio.Event()
         self._last_resync: dict[str, float] = {}
+        self._mismatch: dict[str, tuple[int, int]] = {}  # node -> (its count, ours) at the last heartbeat
 
     # -- sessions ------------------------------------------------------------------------
     async def open(self, req: schemas.SessionOpen) -> schemas.SessionOpenReply:
@@ -149,13 +151,19 @@ class PresenceService:
     async def heartbeat(self, hb: schemas.NodeHeartbeat) -> None:
         await self.store.heartbeat(hb.node)
         held = await self.store.node_sessions(hb.node)
-        if held != hb.sessions and time.monotonic() - self._last_resync.get(hb.node, 0) > 30:
-            self._last_resync[hb.node] = time.monotonic()
-            RESYNCS.inc()
-            log.info("node %s reports %d sessions, presence holds %d: asking it to resync",
-                     hb.node, hb.sessions, held)
-            await self.bus.publish(subjects.gateway_control(hb.node),
-                                   schemas.GatewayControl(op="presence_resync", user_ids=[]))
+        if held == hb.sessions:
+            self._mismatch.pop(hb.node, None)
+            return
+        # Counts differ while opens and closes are in flight (a connect storm). Only a difference
+        # that stays the same over two heartbeats means presence lost track of sessions.
+        seen, self._mismatch[hb.node] = self._mismatch.get(hb.node), (hb.sessions, held)
+        if seen != (hb.sessions, held) or time.monotonic() - self._last_resync.get(hb.node, -1e9) <= RESYNC_MIN_S:
+            return
+        self._last_resync[hb.node] = time.monotonic()
+        RESYNCS.inc()
+        log.info("node %s reports %d sessions, presence holds %d: asking it to resync", hb.node, hb.sessions, held)
+        await self.bus.publish(subjects.gateway_control(hb.node),
+                               schemas.GatewayControl(op="presence_resync", user_ids=[]))
 
     async def node_sessions(self, req: schemas.NodeSessions) -> None:
         for s in req.sessions:

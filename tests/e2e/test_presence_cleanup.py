@@ -116,3 +116,28 @@ async def test_connect_disconnect_churn_returns_to_baseline(own_stack):
         slack = 5 if k.endswith("asyncio_tasks") else 0
         assert after[k] <= v + slack, (k, v, after[k], churn_s)
     assert all(after[k] == 0 for k in after if k.endswith(("connections_active", "sessions_users", "pending_ready")))
+
+
+async def test_presence_that_lost_a_nodes_sessions_gets_them_back(own_stack):
+    """Redis lost presence's record of a node's sessions (a failover to an empty replica):
+    the node's heartbeats report more sessions than presence holds, the same difference two
+    heartbeats running, so presence asks the node to re-register them."""
+    stack = own_stack(gateways=1)
+    (url,) = stack.gateways
+    node = stack.cluster.gateways[0].name
+    redis = aioredis.Redis.from_url(stack.servers.redis.url)
+    async with aiohttp.ClientSession() as http:
+        users = [await ChatClient(http, url, f"kept{i}").login() for i in range(3)]
+        socks = [await u.connect() for u in users]
+        assert await redis.scard(f"pres:node:{node}") == 3
+        await redis.delete(f"pres:node:{node}", *(f"pres:s:{u.user_id}" for u in users))
+        deadline = time.monotonic() + 30  # two 5 s heartbeats, then the re-registration
+        while await redis.scard(f"pres:node:{node}") < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        held = await redis.scard(f"pres:node:{node}")
+        sessions = [await redis.hlen(f"pres:s:{u.user_id}") for u in users]
+        for s in socks:
+            await s.disconnect()
+    await redis.aclose()
+    assert held == 3
+    assert sessions == [1, 1, 1]

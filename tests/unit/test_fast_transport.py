@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import socketio.packet
 from engineio import packet
 
-from libs.sio.fast_transport import FastJson, packet_frame, ws_frame
+from libs.sio.fast_transport import FastJson, FastPacket, packet_frame, ws_frame
 
 TEXT, BINARY = 1, 2
 
@@ -65,3 +66,16 @@ def test_fast_json_falls_back_for_what_orjson_refuses():
     assert FastJson.loads("[18446744073709551616]") == [float(18446744073709551616)]
     with pytest.raises(ValueError):
         FastJson.loads("{not json")
+
+
+@pytest.mark.parametrize("data,binary", [
+    (["ready", {"guilds": [{"id": "g", "channels": [1, 2.5, None, True]}]}], False),
+    (["e", "\ud800"], False),  # orjson refuses it, the walk finds no bytes
+    (["e", {"a": [b"\x00"]}], True),
+    (["e", bytearray(b"x")], True),
+])
+def test_fast_packet_binary_check_agrees_with_python_socketio(data, binary):
+    assert FastPacket.data_is_binary(data) is binary
+    assert socketio.packet.Packet.data_is_binary(data) is binary
+    kind = socketio.packet.BINARY_EVENT if binary else socketio.packet.EVENT
+    assert FastPacket(socketio.packet.EVENT, data=data).packet_type == kind

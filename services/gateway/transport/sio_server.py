@@ -20,7 +20,7 @@ import socketio
 from engineio import packet as eio_packet
 from prometheus_client import Counter
 
-from libs.sio.fast_transport import FastEngineServer, FastJson
+from libs.sio.fast_transport import FastEngineServer, FastJson, FastPacket
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ class GatewayServer(socketio.AsyncServer):
                  channels_of: Callable[[str], list[str]] | None = None,
                  **kwargs: Any) -> None:
         kwargs.setdefault("json", FastJson)
+        kwargs.setdefault("serializer", FastPacket)
         super().__init__(*args, **kwargs)
         self.connect_timeout_s = connect_timeout_s
+        self._connecting: set[str] = set()  # Engine.IO sids whose CONNECT is being handled
+        self._tasks: set[asyncio.Future[None]] = set()  # no-CONNECT closes under way
         self.queue_soft = queue_soft
         self.queue_hard = queue_hard
         self.buffer_soft = buffer_soft
@@ -62,12 +65,25 @@ class GatewayServer(socketio.AsyncServer):
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         result = await super()._handle_eio_connect(eio_sid, environ)
-        asyncio.get_running_loop().call_later(
-            self.connect_timeout_s, lambda: asyncio.ensure_future(self._close_if_unconnected(eio_sid)))
+        asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, eio_sid)
         return result
 
+    def _check_connected(self, eio_sid: str) -> None:
+        if eio_sid in self._connecting:  # its CONNECT is being handled: look again later
+            asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, eio_sid)
+        elif eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+            task = asyncio.ensure_future(self._close_unconnected(eio_sid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> Any:
-        result = await super()._handle_connect(eio_sid, namespace, data)
+        # A CONNECT whose handler is still running (ready and presence under load) is not a
+        # session that never connected: the no-CONNECT timeout leaves it alone.
+        self._connecting.add(eio_sid)
+        try:
+            result = await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self._connecting.discard(eio_sid)
         environ = self.environ.get(eio_sid)
         if environ is not None and len(environ) > len(KEPT_ENVIRON) and \
                 self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
@@ -78,14 +94,13 @@ class GatewayServer(socketio.AsyncServer):
             environ.update(kept)
         return result
 
-    async def _close_if_unconnected(self, eio_sid: str) -> None:
+    async def _close_unconnected(self, eio_sid: str) -> None:
         try:
-            if eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
-                NO_CONNECT_CLOSED.inc()
-                log.info("closing an Engine.IO session that never connected", extra={"eio_sid": eio_sid})
-                await self.eio.disconnect(eio_sid)
+            NO_CONNECT_CLOSED.inc()
+            log.info("closing an Engine.IO session that never connected", extra={"eio_sid": eio_sid})
+            await self.eio.disconnect(eio_sid)
         except Exception:
-            log.exception("no-CONNECT check failed")
+            log.exception("no-CONNECT close failed")
 
     # -- bounded per-socket backlog ------------------------------------------------------
     def _admit(self, eio_sid: str, data: Any) -> bool:
