@@ -19,7 +19,7 @@ class CommonSettings:
     log_level: str = setting("INFO", "Log level")
     dev_mode: bool = setting(False, "Development mode: HS256 dev tokens, /api/v1/dev/token")
     otlp_endpoint: str = setting("", "OTLP/HTTP traces endpoint; tracing export is off when empty")
-    trace_sample_ratio: float = setting(1.0, "Share of new traces recorded (0..1); a trace started elsewhere keeps its caller's decision")
+    trace_sample_ratio: float = setting(1.0, "Share of new traces recorded when an OTLP endpoint is set (0..1); a trace started elsewhere keeps its caller's decision")
     sio_channel: str = setting("chat-socketio", "Redis pub/sub channel of the Socket.IO adapter")
     bus_request_timeout_s: float = setting(3.0, "Timeout of a NATS request before it answers unavailable")
     backoff_initial_s: float = setting(1.0, "Reconnect backoff: first delay")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
 from prometheus_client import Counter
 
 from libs.errors import RateLimited
@@ -28,6 +30,58 @@ REJECTED = Counter("chat_ratelimit_rejected_total", "Requests refused by a rate 
 FALLBACK = Counter("chat_ratelimit_fallback_total", "Rate-limit checks answered by the per-node limiter")
 
 
+class LocalMovingWindow:
+    """The per-node fallback: the same moving window as the shared limiter, in memory.
+
+    Not ``limits``' own in-memory storage: its asyncio version re-scans every key after
+    each hit and hands each key to a worker thread, which under load (exactly when the
+    fallback is in use: Redis slow or away) cost a tenth of a gateway's CPU. Here a key's
+    old hits are dropped when it is hit, and keys idle for a whole window are dropped at
+    most once per ``sweep_s``.
+    """
+
+    def __init__(self, sweep_s: float = 10.0) -> None:
+        self._hits: dict[str, deque[float]] = {}
+        self._expiry: dict[str, float] = {}
+        self._sweep_s = sweep_s
+        self._next_sweep = time.monotonic() + sweep_s
+
+    def _window(self, item: RateLimitItem, identifiers: tuple[str, ...], now: float) -> deque[float]:
+        key = item.key_for(*identifiers)
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+            self._expiry[key] = item.get_expiry()
+        start = now - item.get_expiry()
+        while hits and hits[0] <= start:
+            hits.popleft()
+        return hits
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self._sweep_s
+        for key in [k for k, h in self._hits.items() if not h or h[-1] <= now - self._expiry[k]]:
+            del self._hits[key], self._expiry[key]
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        hits = self._window(item, identifiers, now)
+        if len(hits) >= item.amount:
+            return False
+        hits.append(now)
+        return True
+
+    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        now = time.monotonic()
+        hits = self._window(item, identifiers, now)
+        reset = (hits[0] if hits else now) + item.get_expiry()
+        return WindowStats(time.time() + (reset - now), max(0, item.amount - len(hits)))
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+
 class RateLimiter:
     def __init__(self, rules: Mapping[str, str], redis_url: str | None, *,
                  breaker: CircuitBreaker | None = None, timeout_s: float = 0.25,
@@ -35,7 +89,7 @@ class RateLimiter:
         self.rules: dict[str, RateLimitItem] = {name: parse(spec) for name, spec in rules.items()}
         self.breaker = breaker or CircuitBreaker("redis-ratelimit")
         self.timeout_s = timeout_s
-        self.local = MovingWindowRateLimiter(MemoryStorage())
+        self.local = LocalMovingWindow()
         self.shared: MovingWindowRateLimiter | None = None
         if redis_url:
             uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
@@ -51,7 +105,7 @@ class RateLimiter:
         item = self.rules.get(rule)
         if item is None:
             return
-        limiter = self.local
+        limiter: MovingWindowRateLimiter | LocalMovingWindow = self.local
         if self.shared is not None and self.breaker.allow():
             try:
                 async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
@@ -73,7 +127,7 @@ class RateLimiter:
             REJECTED.labels(rule).inc()
             raise RateLimited(f"too many {rule} requests", await self._retry_after_ms(limiter, item, rule, key))
 
-    async def _retry_after_ms(self, limiter: MovingWindowRateLimiter, item: RateLimitItem,
+    async def _retry_after_ms(self, limiter: MovingWindowRateLimiter | LocalMovingWindow, item: RateLimitItem,
                               rule: str, key: str) -> int:
         try:
             stats = await asyncio.wait_for(limiter.get_window_stats(item, rule, key), self.timeout_s)

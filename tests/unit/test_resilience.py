@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -109,3 +110,22 @@ async def test_cancelled_error_is_not_a_failure():
         async with br.guard():
             raise asyncio.CancelledError()
     assert br.state == "closed"
+
+
+async def test_local_fallback_limiter_is_a_moving_window_and_forgets_idle_keys():
+    from limits import parse
+
+    from libs.ratelimit.limiter import LocalMovingWindow
+
+    local = LocalMovingWindow(sweep_s=0.5)
+    item = parse("3/second")
+    assert [await local.hit(item, "send", "u1") for _ in range(4)] == [True, True, True, False]
+    assert await local.hit(item, "send", "u2")  # keys are separate
+    stats = await local.get_window_stats(item, "send", "u1")
+    assert stats.remaining == 0 and 0 < stats.reset_time - time.time() <= 1.0
+    await asyncio.sleep(1.05)  # the first hits leave the window
+    assert await local.hit(item, "send", "u1")
+    assert len(local) == 1  # the sweep dropped u2, idle for a whole window
+    await asyncio.sleep(1.05)
+    assert await local.hit(item, "send", "u3")
+    assert len(local) == 1  # and now u1
