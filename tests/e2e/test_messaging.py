@@ -219,3 +219,69 @@ async def test_send_checks_reply_mentions_and_channel_kind(http, cluster: Stack)
     assert nxt["message"]["seq"] == 3
     await owner.close()
     await stranger.close()
+
+
+async def _batched_sends(http, stack: Stack) -> tuple[float, float]:
+    """(writes, batches) of messaging's group commit so far."""
+    (svc,) = [p for p in stack.cluster.processes if p.module == "messaging"]
+    got = {"chat_db_batch_size_sum": 0.0, "chat_db_batch_size_count": 0.0}
+    async with http.get(f"http://127.0.0.1:{svc.ops_port}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            name = line.partition("{")[0]
+            if name in got and 'batch="message_send"' in line:
+                got[name] += float(line.rsplit(" ", 1)[-1])
+    return got["chat_db_batch_size_sum"], got["chat_db_batch_size_count"]
+
+
+async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_answer(http, cluster: Stack):
+    g1, g2 = cluster.gateways
+    owner = await ChatClient(http, g1, uid("own")).login()
+    users = [await ChatClient(http, (g1, g2)[i % 2], uid(f"b{i}-")).login() for i in range(12)]
+    guild = await guild_with_members(owner, *users)
+    stranger = await ChatClient(http, g1, uid("str")).login()
+    elsewhere = (await guild_with_members(stranger))["text_channel"]
+    texts = [c["id"] for c in guild["channels"] if c["kind"] == "text"]
+    more = [(await owner.api("POST", f"/guilds/{guild['id']}/channels", {"name": f"c{i}", "kind": "text"},
+                             expect=201))["id"] for i in range(2)]
+    channels = texts + more
+    voice = next(c["id"] for c in guild["channels"] if c["kind"] == "voice")
+    socks = [await u.connect() for u in users]
+    writes_before, batches_before = await _batched_sends(http, cluster)
+
+    calls = []  # (expected outcome, channel or dup group, call)
+    for round_ in range(4):
+        for i, s in enumerate(socks):
+            ch = channels[(i + round_) % len(channels)]
+            calls.append(("ok", ch, s.call("message:send", {"channel_id": ch, "content": f"{round_}/{i}",
+                                                            "nonce": f"n{round_}-{i}"})))
+        calls.append(("not_found", None, socks[round_].call("message:send", {
+            "channel_id": elsewhere, "content": "x", "nonce": f"away{round_}"})))
+        calls.append(("invalid", None, socks[round_].call("message:send", {
+            "channel_id": voice, "content": "x", "nonce": f"voice{round_}"})))
+        # the same nonce twice at once: one message, both told about it
+        for _ in range(2):
+            calls.append((f"dup{round_}", channels[0], socks[5].call("message:send", {
+                "channel_id": channels[0], "content": "d", "nonce": f"twice{round_}"})))
+    acks = await asyncio.gather(*(c for _, _, c in calls))
+
+    per_channel: dict[str, set[int]] = {}
+    dup_ids: dict[str, set[str]] = {}
+    for (want, ch, _), ack in zip(calls, acks, strict=True):
+        if want == "ok" or want.startswith("dup"):
+            assert ack["ok"], ack
+            assert ack["message"]["channel_id"] == ch
+            per_channel.setdefault(ch, set()).add(ack["message"]["seq"])
+            if want != "ok":
+                dup_ids.setdefault(want, set()).add(ack["message"]["id"])
+        else:
+            assert ack["error"]["code"] == want, ack
+    assert len(dup_ids) == 4 and all(len(ids) == 1 for ids in dup_ids.values()), dup_ids
+    for ch, seqs in per_channel.items():
+        assert seqs == set(range(1, len(seqs) + 1)), (ch, sorted(seqs))  # gap-free: refusals took no seq
+        assert [e["seq"] for e in await sync_all(socks[0], ch, 0)] == sorted(seqs)
+    assert sum(len(s) for s in per_channel.values()) == 4 * len(socks) + 4
+    writes, batches = await _batched_sends(http, cluster)
+    assert writes - writes_before >= 4 * len(socks) + 8  # the sends went through the group commit
+    assert batches - batches_before < writes - writes_before  # and some went together
+    for u in users + [owner, stranger]:
+        await u.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -13,6 +13,7 @@ import orjson
 
 from libs.bus import schemas, subjects
 from libs.db.database import Database
+from libs.db.group_commit import GroupCommit
 from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.messaging.adapters.rows import (
     MESSAGE_COLUMNS,
@@ -77,9 +78,27 @@ _guild_list = msgspec.json.Decoder(list[schemas.GuildSummary])
 _channel_list = msgspec.json.Decoder(list[schemas.Channel])
 
 
+class _NewMessage(NamedTuple):
+    """One message for chat_create_messages, in the order of its array parameters."""
+    user_id: str
+    user_name: str
+    channel_id: int
+    nonce: str
+    content: str
+    attachments: str  # JSON
+    embeds: str  # JSON
+    mentions: str  # JSON array
+    reply_to: int | None
+    created_at: datetime
+    payload: str  # JSON
+    event_id: uuid.UUID
+
+
 class Store:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, send_batch_max: int = 64, send_batches_inflight: int = 4) -> None:
         self.db = db
+        self._sends: GroupCommit[_NewMessage, asyncpg.Record] = GroupCommit(
+            self._create_messages, name="message_send", max_batch=send_batch_max, max_inflight=send_batches_inflight)
 
     # -- users ---------------------------------------------------------------------------
     @staticmethod
@@ -138,8 +157,10 @@ class Store:
         return message_from_row(row) if row else None
 
     async def create_message(self, req: schemas.SendMessage, content: str) -> tuple[schemas.Message, bool]:
-        """Store a message, its event in the channel log and its outbox entry in one round
-        trip (``chat_create_message``, migration 0003); (message, duplicate)."""
+        """Store a message, its event in the channel log and its outbox entry
+        (``chat_create_message``, migration 0003), grouped with the messages sent at the
+        same moment into one call and one commit (``chat_create_messages``, 0004);
+        (message, duplicate)."""
         cid = _id(req.channel_id, "channel")
         reply_to = _id(req.reply_to, "message") if req.reply_to is not None else None
         now = datetime.now(UTC)
@@ -150,28 +171,39 @@ class Store:
             reply_to=str(reply_to) if reply_to else None, created_at=iso(now) or "",
         )
         payload = msgspec.json.encode({"channel_id": str(cid), "seq": 0, "message": msg}).decode()
-        async with self.db.connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM chat_create_message($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::text[], "
-                "$9, $10, $11::jsonb, $12, $13)",
-                req.user.id, req.user.name, cid, req.nonce, content,
-                msgspec.json.encode(req.attachments).decode(), msgspec.json.encode(req.embeds).decode(),
-                list(req.mentions), reply_to, now, payload, uuid.uuid4(),
-                subjects.domain_event("message.created"))
-            status = row["status"]
-            if status == "ok":
-                msg.id, msg.seq = str(row["message_id"]), int(row["seq"])
-                return msg, False
-            if status == "duplicate":
+        row = await self._sends.submit(_NewMessage(
+            req.user.id, req.user.name, cid, req.nonce, content, msgspec.json.encode(req.attachments).decode(),
+            msgspec.json.encode(req.embeds).decode(), msgspec.json.encode(req.mentions).decode(), reply_to, now,
+            payload, uuid.uuid4()))
+        status = row["o_status"]
+        if status == "ok":
+            msg.id, msg.seq = str(row["o_message_id"]), int(row["o_seq"])
+            return msg, False
+        if status == "duplicate":
+            async with self.db.connection() as conn:
                 existing = await self.find_by_nonce(conn, req.user.id, req.nonce)
-                if existing is None:  # pragma: no cover - the row was just seen
-                    raise Unavailable("message store: retry")
-                return existing, True
+            if existing is None:  # pragma: no cover - the row was just seen
+                raise Unavailable("message store: retry")
+            return existing, True
         if status == "timed_out":
-            raise Forbidden(f"you are timed out in this guild until {iso(row['until'])}")
+            raise Forbidden(f"you are timed out in this guild until {iso(row['o_until'])}")
         if status == "not_found":
-            raise NotFound(row["detail"])
-        raise Invalid(row["detail"])
+            raise NotFound(row["o_detail"])
+        raise Invalid(row["o_detail"])
+
+    async def _create_messages(self, batch: list[_NewMessage]) -> list[asyncpg.Record]:
+        cols = list(zip(*batch, strict=True))
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM chat_create_messages($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
+                "$6::jsonb[], $7::jsonb[], $8::jsonb[], $9::bigint[], $10::timestamptz[], $11::jsonb[], $12::uuid[], "
+                "$13)", *(list(c) for c in cols), subjects.domain_event("message.created"))
+        out: list[asyncpg.Record | None] = [None] * len(batch)
+        for r in rows:
+            out[r["o_i"] - 1] = r
+        if any(r is None for r in out):
+            raise RuntimeError("chat_create_messages: a message without a status")
+        return out  # type: ignore[return-value]
 
     @staticmethod
     async def check_not_timed_out(conn: asyncpg.Connection, channel: Any, user_id: str) -> None:

@@ -1,0 +1,108 @@
+"""Group commit: writes that arrive while earlier ones are in flight go to Postgres
+together, in one call and one transaction.
+
+Each ``submit()`` waits for its own result, and a result is only handed out after its
+batch committed, so nothing is acknowledged before it is durable. At most
+``max_inflight`` batches run at once. A write that arrives while they all run waits for
+the next batch, which takes up to ``max_batch`` of the waiting writes. Under light load
+every batch holds one write and nothing waits; under load the batches grow on their own,
+and one commit, one round trip and one pool checkout carry many writes.
+
+A batch that fails as a whole for a reason of its own (a deadlock, a constraint) is
+retried one write at a time, so one write's error stays its own. A batch that fails
+because the database is unavailable fails every write in it, as single writes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from libs.errors import ChatError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BATCH_SIZE = Histogram("chat_db_batch_size", "Writes carried by one group-commit batch", ["batch"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+BATCH_SPLITS = Counter("chat_db_batch_splits_total",
+                       "Group-commit batches that failed as a whole and were retried one write at a time",
+                       ["batch"])
+
+
+class GroupCommit(Generic[T, R]):
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], *, name: str,
+                 max_batch: int = 64, max_inflight: int = 4) -> None:
+        self._run = run
+        self.name = name
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._size = BATCH_SIZE.labels(name)
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, fut))
+        if self._inflight < self.max_inflight:
+            self._start()
+        return await fut
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+        self._inflight += 1
+        task = asyncio.create_task(self._commit(batch), name=f"group-commit-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            self._size.observe(len(batch))
+            await self._settle(batch)
+        except asyncio.CancelledError:  # stopping: nobody is left without an answer
+            _fail(batch, asyncio.CancelledError())
+            raise
+        except Exception as exc:  # pragma: no cover - _settle answers every write itself
+            log.exception("group commit %s: batch failed", self.name)
+            _fail(batch, exc)
+        finally:
+            self._inflight -= 1
+            if self._waiting and self._inflight < self.max_inflight:
+                self._start()
+
+    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for {len(batch)} writes")
+        except ChatError as exc:  # the database is unavailable: every write fails alike
+            _fail(batch, exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            BATCH_SPLITS.labels(self.name).inc()
+            log.warning("group commit %s: a batch of %d failed (%s: %s); retrying one at a time",
+                        self.name, len(batch), type(exc).__name__, exc)
+            for one in batch:  # in order: the seqs of a channel keep following arrival order
+                await self._settle([one])
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc)
