@@ -339,6 +339,42 @@ def cmd(args: list[str]) -> str:
         return "?"
 
 
+def speed_check() -> str:
+    """How fast this machine is right now, so runs on one machine can be compared: a fixed
+    pure-Python loop (best of 5) and the CPU of one 100-byte send on a loopback TCP socket
+    (the system call every message pays many times). Shared virtual machines drift."""
+    import socket
+    import threading
+    loop_ms = min(_timed(lambda: sum(range(100_000))) for _ in range(5)) * 1000
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+
+    def drain() -> None:
+        while peer.recv(1 << 20):
+            pass
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    n, msg = 20_000, b"x" * 100
+    cpu0 = time.process_time()
+    for _ in range(n):
+        c.send(msg)
+    send_us = (time.process_time() - cpu0) / n * 1e6
+    c.close()
+    t.join(5)
+    peer.close()
+    srv.close()
+    return f"Python loop {loop_ms:.2f} ms, loopback TCP send {send_us:.1f} µs of CPU"
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def machine() -> dict[str, str]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
@@ -432,6 +468,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     w(f"| Node.js | {info['node']}; socket.io {info['socket.io']}, @socket.io/redis-adapter {info['@socket.io/redis-adapter']}, "
       f"redis {info['node redis']}, socket.io-client {info['socket.io-client']} (load generator) |")
     w(f"| Servers | Redis {info['redis-server']}, PostgreSQL {info['postgres']}, NATS {info['nats-server']} |")
+    if info.get("speed_start"):
+        w(f"| Speed check (`speed_check()` in bench/run.py) | at the start: {info['speed_start']}; "
+          f"at the end: {info.get('speed_end', '—')} |")
     w("")
     w("Everything runs on this one machine over 127.0.0.1: the servers, Redis (and for this project NATS "
       "and Postgres) and the load generator share the same 2 CPUs. Throughput figures are therefore "
@@ -886,6 +925,8 @@ def main() -> int:
         print("bench/node/node_modules missing: run `cd bench/node && npm ci`", file=sys.stderr)
         return 2
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    speed_start = speed_check()
+    say(f"speed check: {speed_start}")
     say(f"starting NATS, Redis and Postgres under {RUN_DIR}")
     servers = start_servers(RUN_DIR / "servers")
     results: dict[str, dict[str, Any]] = {}
@@ -899,6 +940,7 @@ def main() -> int:
     finally:
         servers.stop()
     info = machine()
+    info["speed_start"], info["speed_end"] = speed_start, speed_check()
     (BENCH / "results").mkdir(exist_ok=True)
     (BENCH / "results" / "latest.json").write_text(json.dumps(
         {"machine": info, "quick": args.quick, "sizes": sz.__dict__, "results": results,
