@@ -41,8 +41,8 @@ class GroupCommit(Generic[T, R]):
                  max_batch: int = 64, max_inflight: int = 4) -> None:
         self._run = run
         self.name = name
-        self.max_batch = max_batch
-        self.max_inflight = max_inflight
+        self.max_batch = max(1, max_batch)
+        self.max_inflight = max(1, max_inflight)
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()

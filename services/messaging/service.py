@@ -20,11 +20,12 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     emitter = ctx.start_emitter(stack)
 
     bus = await ctx.start_bus(stack)
-    outbox = OutboxPublisher(db, bus, ctx.backoff())
+    outbox = OutboxPublisher(db, bus, ctx.backoff(), linger_s=s.outbox_linger_ms / 1000)
     outbox.start()
     stack.push_async_callback(outbox.stop)
 
-    handlers = MessagingHandlers(Store(db), GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size)
+    store = Store(db, send_batch_max=s.send_batch_max, send_batches_inflight=s.send_batches_inflight)
+    handlers = MessagingHandlers(store, GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size)
     await handlers.register()
     await register_ping(ctx)
     ctx.drain_hooks.append(bus.unsubscribe_all)

@@ -28,8 +28,9 @@ OUTBOX_PENDING = Gauge("chat_messaging_outbox_pending_events", "Outbox rows not 
 
 
 class OutboxPublisher:
-    def __init__(self, db: Database, bus: Bus, backoff: Backoff, batch: int = 200) -> None:
+    def __init__(self, db: Database, bus: Bus, backoff: Backoff, batch: int = 200, linger_s: float = 0.05) -> None:
         self.db = db
+        self.linger_s = linger_s  # after a wake, wait this long so a burst's rows go in one batch
         self.bus = bus
         self.backoff = backoff
         self.batch = batch
@@ -70,6 +71,11 @@ class OutboxPublisher:
                 await asyncio.wait_for(self._wake.wait(), 2.0)
             except TimeoutError:
                 pass
+            if self.linger_s > 0 and self._wake.is_set():
+                # A drain costs several round trips whatever its size (a transaction, the
+                # select, the publishes, the update): the events of the next few tens of
+                # milliseconds go with this one. Live delivery does not wait for the outbox.
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             try:
                 while await self.drain_once():
