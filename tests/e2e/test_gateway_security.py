@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 
 import aiohttp
@@ -54,6 +57,53 @@ async def test_engineio_session_without_connect_is_closed(http, cluster: Stack):
         closed = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert msg.type in closed or (msg.type == aiohttp.WSMsgType.TEXT and msg.data == "1"), msg  # EIO close
         assert time.monotonic() - started < 8  # CHAT_CONNECT_TIMEOUT_S=2 in the test cluster
+
+
+async def _tasks(http: aiohttp.ClientSession, metrics_url: str) -> float:
+    async with http.get(metrics_url) as r:
+        return next(float(line.split()[-1]) for line in (await r.text()).splitlines()
+                    if line.startswith("chat_process_asyncio_tasks "))
+
+
+async def test_polling_sessions_that_never_connect_are_closed_and_forgotten(http, cluster: Stack):
+    """Nobody takes from the queue of a polling session whose client went quiet: the
+    no-CONNECT close must not wait for it, and the session must be gone afterwards."""
+    url = f"{cluster.gateways[0]}/socket.io/?EIO=4&transport=polling"
+    ops = f"http://127.0.0.1:{cluster.cluster.gateways[0].ops_port}/metrics"
+    tasks_before = await _tasks(http, ops)
+    sids = []
+    for _ in range(20):
+        async with http.get(url, headers={"Origin": ALLOWED_ORIGIN}) as r:
+            assert r.status == 200
+            sids.append(json.loads((await r.text())[1:])["sid"])
+    await asyncio.sleep(3.5)  # CHAT_CONNECT_TIMEOUT_S=2 in the test cluster
+    assert await _tasks(http, ops) < tasks_before + 10  # no close left waiting for ever (20 would be)
+    for sid in sids:
+        async with http.get(f"{url}&sid={sid}", headers={"Origin": ALLOWED_ORIGIN}) as r:
+            assert r.status == 400, (sid, r.status, await r.text())  # unknown session: closed and removed
+
+
+async def test_a_connect_still_being_handled_outlives_the_no_connect_timeout(own_stack):
+    """The no-CONNECT timeout closes sessions that never sent CONNECT, not a CONNECT whose
+    handler is still waiting (here for `ready`, with messaging paused past the timeout)."""
+    stack = own_stack(gateways=1, CHAT_CONNECT_TIMEOUT_S="1", CHAT_BUS_REQUEST_TIMEOUT_S="10")
+    (url,) = stack.gateways
+    (messaging,) = [p for p in stack.cluster.processes if p.module == "messaging"]
+    assert messaging.proc is not None
+    async with aiohttp.ClientSession() as http:
+        user = await ChatClient(http, url, uid("slow")).login()
+        os.kill(messaging.proc.pid, signal.SIGSTOP)
+        try:
+            connecting = asyncio.ensure_future(user.connect())
+            await asyncio.sleep(3)  # three no-CONNECT timeouts, `ready` still waiting on messaging
+            assert not connecting.done()
+        finally:
+            os.kill(messaging.proc.pid, signal.SIGCONT)
+        sock = await asyncio.wait_for(connecting, 20)
+        assert sock.events["ready"] and sock.sio.connected
+        await asyncio.sleep(1.5)  # and it is not closed afterwards either
+        assert sock.sio.connected
+        await user.close()
 
 
 async def test_admin_recovery_requires_the_admin_token(http, cluster: Stack):

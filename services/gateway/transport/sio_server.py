@@ -51,7 +51,6 @@ class GatewayServer(socketio.AsyncServer):
         kwargs.setdefault("serializer", FastPacket)
         super().__init__(*args, **kwargs)
         self.connect_timeout_s = connect_timeout_s
-        self._connecting: set[str] = set()  # Engine.IO sids whose CONNECT is being handled
         self._tasks: set[asyncio.Future[None]] = set()  # no-CONNECT closes under way
         self.queue_soft = queue_soft
         self.queue_hard = queue_hard
@@ -69,21 +68,15 @@ class GatewayServer(socketio.AsyncServer):
         return result
 
     def _check_connected(self, eio_sid: str) -> None:
-        if eio_sid in self._connecting:  # its CONNECT is being handled: look again later
-            asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, eio_sid)
-        elif eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+        # A CONNECT being handled is pre-connected (it has a sid), so it is left alone. The close
+        # task is kept referenced (the loop holds tasks weakly).
+        if eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
             task = asyncio.ensure_future(self._close_unconnected(eio_sid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> Any:
-        # A CONNECT whose handler is still running (ready and presence under load) is not a
-        # session that never connected: the no-CONNECT timeout leaves it alone.
-        self._connecting.add(eio_sid)
-        try:
-            result = await super()._handle_connect(eio_sid, namespace, data)
-        finally:
-            self._connecting.discard(eio_sid)
+        result = await super()._handle_connect(eio_sid, namespace, data)
         environ = self.environ.get(eio_sid)
         if environ is not None and len(environ) > len(KEPT_ENVIRON) and \
                 self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
@@ -95,10 +88,16 @@ class GatewayServer(socketio.AsyncServer):
         return result
 
     async def _close_unconnected(self, eio_sid: str) -> None:
+        """Close without waiting for the socket's queue to drain (``eio.disconnect`` waits): a
+        session whose WebSocket upgrade never completed, or whose client stopped polling, has
+        nobody taking from its queue, and the close would wait for ever."""
         try:
             NO_CONNECT_CLOSED.inc()
             log.info("closing an Engine.IO session that never connected", extra={"eio_sid": eio_sid})
-            await self.eio.disconnect(eio_sid)
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is not None:
+                await sock.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
+                self.eio.sockets.pop(eio_sid, None)
         except Exception:
             log.exception("no-CONNECT close failed")
 
