@@ -50,7 +50,7 @@ class PresenceService:
         self.node_timeout_s = node_timeout_s
         self.offline_grace_s = offline_grace_s
         self.next_sweep_at = 0.0  # when the sweep loop plans to run next (set by the loop)
-        self.typing_wakeup = asyncio.Event()
+        self.sweep_wakeup = asyncio.Event()
         self._last_resync: dict[str, float] = {}
         self._mismatch: dict[str, tuple[int, int]] = {}  # node -> (its count, ours) at the last heartbeat
 
@@ -74,7 +74,7 @@ class PresenceService:
                 due = time.time() + self.offline_grace_s
                 await self.store.offline_later(user_id, due)
                 if due < self.next_sweep_at:
-                    self.typing_wakeup.set()
+                    self.sweep_wakeup.set()
             else:
                 await self.announce(user_id)
 
@@ -121,7 +121,7 @@ class PresenceService:
     # -- typing --------------------------------------------------------------------------
     async def typing_start(self, user_id: str, channel_id: str) -> None:
         await self.store.typing_start(user_id, channel_id, self.typing_ttl_s)
-        self.typing_wakeup.set()
+        self.sweep_wakeup.set()
 
     async def typing_stop(self, user_id: str, channel_id: str, reason: str = "sent") -> None:
         if await self.store.typing_stop(user_id, channel_id):
@@ -129,7 +129,7 @@ class PresenceService:
                                     room=channel_room(channel_id), namespace="/")
             TYPING_STOPS.labels(reason).inc()
 
-    async def sweep_typing(self) -> float | None:
+    async def sweep_due(self) -> float | None:
         """End expired typing and announce users whose offline grace ran out; returns the
         next time there is something to do (epoch seconds), if any."""
         for user in await self.store.offline_due(time.time()):

@@ -41,16 +41,16 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     await handlers.register()
     await register_ping(ctx)
 
-    async def typing_loop() -> None:
+    async def sweep_loop() -> None:
         while True:
-            nxt = await guarded(handlers, presence.sweep_typing)
+            nxt = await guarded(handlers, presence.sweep_due)
             wait = s.typing_sweep_s
             if isinstance(nxt, float):
                 wait = min(s.typing_sweep_s, max(0.05, nxt - time.time()))
-            presence.typing_wakeup.clear()
+            presence.sweep_wakeup.clear()
             presence.next_sweep_at = time.time() + wait
             try:
-                await asyncio.wait_for(presence.typing_wakeup.wait(), wait)
+                await asyncio.wait_for(presence.sweep_wakeup.wait(), wait)
             except TimeoutError:
                 pass
 
@@ -59,7 +59,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
             await asyncio.sleep(interval)
             await guarded(handlers, job)
 
-    tasks = [asyncio.create_task(typing_loop(), name="typing-sweep"),
+    tasks = [asyncio.create_task(sweep_loop(), name="presence-sweep"),
              asyncio.create_task(every(s.node_check_s, presence.check_nodes), name="node-check"),
              asyncio.create_task(every(s.stale_sweep_s, presence.sweep_stale), name="stale-sweep")]
 
