@@ -14,6 +14,7 @@ import socketio
 
 from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import ALLOWED_ORIGIN, Stack
+from libs.testing.wire_fuzz import metric_total
 
 
 async def test_foreign_origin_is_refused(http, cluster: Stack):
@@ -59,25 +60,23 @@ async def test_engineio_session_without_connect_is_closed(http, cluster: Stack):
         assert time.monotonic() - started < 8  # CHAT_CONNECT_TIMEOUT_S=2 in the test cluster
 
 
-async def _tasks(http: aiohttp.ClientSession, metrics_url: str) -> float:
-    async with http.get(metrics_url) as r:
-        return next(float(line.split()[-1]) for line in (await r.text()).splitlines()
-                    if line.startswith("chat_process_asyncio_tasks "))
-
-
 async def test_polling_sessions_that_never_connect_are_closed_and_forgotten(http, cluster: Stack):
     """Nobody takes from the queue of a polling session whose client went quiet: the
     no-CONNECT close must not wait for it, and the session must be gone afterwards."""
     url = f"{cluster.gateways[0]}/socket.io/?EIO=4&transport=polling"
-    ops = f"http://127.0.0.1:{cluster.cluster.gateways[0].ops_port}/metrics"
-    tasks_before = await _tasks(http, ops)
+    ops = f"http://127.0.0.1:{cluster.cluster.gateways[0].ops_port}"
+    tasks_before = await metric_total(ops, "chat_process_asyncio_tasks")
     sids = []
     for _ in range(20):
         async with http.get(url, headers={"Origin": ALLOWED_ORIGIN}) as r:
             assert r.status == 200
             sids.append(json.loads((await r.text())[1:])["sid"])
-    await asyncio.sleep(3.5)  # CHAT_CONNECT_TIMEOUT_S=2 in the test cluster
-    assert await _tasks(http, ops) < tasks_before + 10  # no close left waiting for ever (20 would be)
+    await asyncio.sleep(3)  # past CHAT_CONNECT_TIMEOUT_S=2 of the test cluster: the closes have begun
+    deadline = time.monotonic() + 10
+    while (tasks := await metric_total(ops, "chat_process_asyncio_tasks")) >= tasks_before + 10 \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert tasks < tasks_before + 10  # no close left waiting for ever (20 would be)
     for sid in sids:
         async with http.get(f"{url}&sid={sid}", headers={"Origin": ALLOWED_ORIGIN}) as r:
             assert r.status == 400, (sid, r.status, await r.text())  # unknown session: closed and removed

@@ -8,6 +8,7 @@ import pytest
 
 from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
+from libs.testing.wire_fuzz import metric_total
 
 
 async def sync_all(sock, channel_id: str, after: int) -> list[dict]:
@@ -221,16 +222,12 @@ async def test_send_checks_reply_mentions_and_channel_kind(http, cluster: Stack)
     await stranger.close()
 
 
-async def _batched_sends(http, stack: Stack) -> tuple[float, float]:
+async def _batched_sends(stack: Stack) -> tuple[float, float]:
     """(writes, batches) of messaging's group commit so far."""
     (svc,) = [p for p in stack.cluster.processes if p.module == "messaging"]
-    got = {"chat_db_batch_size_sum": 0.0, "chat_db_batch_size_count": 0.0}
-    async with http.get(f"http://127.0.0.1:{svc.ops_port}/metrics") as r:
-        for line in (await r.text()).splitlines():
-            name = line.partition("{")[0]
-            if name in got and 'batch="message_send"' in line:
-                got[name] += float(line.rsplit(" ", 1)[-1])
-    return got["chat_db_batch_size_sum"], got["chat_db_batch_size_count"]
+    ops = f"http://127.0.0.1:{svc.ops_port}"
+    return (await metric_total(ops, "chat_db_batch_size_sum", batch="message_send"),
+            await metric_total(ops, "chat_db_batch_size_count", batch="message_send"))
 
 
 async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_answer(http, cluster: Stack):
@@ -246,7 +243,7 @@ async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_a
     channels = texts + more
     voice = next(c["id"] for c in guild["channels"] if c["kind"] == "voice")
     socks = [await u.connect() for u in users]
-    writes_before, batches_before = await _batched_sends(http, cluster)
+    writes_before, batches_before = await _batched_sends(cluster)
 
     calls = []  # (expected outcome, channel or dup group, call)
     for round_ in range(4):
@@ -280,7 +277,7 @@ async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_a
         assert seqs == set(range(1, len(seqs) + 1)), (ch, sorted(seqs))  # gap-free: refusals took no seq
         assert [e["seq"] for e in await sync_all(socks[0], ch, 0)] == sorted(seqs)
     assert sum(len(s) for s in per_channel.values()) == 4 * len(socks) + 4
-    writes, batches = await _batched_sends(http, cluster)
+    writes, batches = await _batched_sends(cluster)
     assert writes - writes_before >= 4 * len(socks) + 8  # the sends went through the group commit
     assert batches - batches_before < writes - writes_before  # and some went together
     for u in users + [owner, stranger]:
