@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -85,17 +86,29 @@ class LocalMovingWindow:
 class RateLimiter:
     def __init__(self, rules: Mapping[str, str], redis_url: str | None, *,
                  breaker: CircuitBreaker | None = None, timeout_s: float = 0.25,
-                 key_prefix: str = "chat-rl") -> None:
+                 key_prefix: str = "chat-rl", max_connections: int = 16) -> None:
         self.rules: dict[str, RateLimitItem] = {name: parse(spec) for name, spec in rules.items()}
         self.breaker = breaker or CircuitBreaker("redis-ratelimit")
         self.timeout_s = timeout_s
         self.local = LocalMovingWindow()
         self.shared: MovingWindowRateLimiter | None = None
+        self.pool: aioredis.BlockingConnectionPool | None = None
         if redis_url:
-            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
-            storage = RedisStorage(uri, implementation="redispy", key_prefix=key_prefix,
-                                   socket_connect_timeout=1, socket_timeout=1, wrap_exceptions=True)
+            # A bounded pool: a burst of checks (a reconnect storm) waits for one of
+            # ``max_connections`` connections instead of opening one per check in flight.
+            # An unbounded pool opened thousands, each with its own handshake, and a check
+            # cut off by the timeout threw its connection away, so the next burst opened more.
+            plain = redis_url.removeprefix("async+")
+            self.pool = aioredis.BlockingConnectionPool.from_url(
+                plain, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=1,
+                socket_timeout=1, socket_keepalive=True, health_check_interval=10, client_name=f"{key_prefix}")
+            storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
+                                   connection_pool=self.pool, wrap_exceptions=True)
             self.shared = MovingWindowRateLimiter(storage)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.disconnect()
 
     def has_rule(self, rule: str) -> bool:
         return rule in self.rules

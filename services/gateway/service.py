@@ -44,6 +44,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
     limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis"))
+    stack.push_async_callback(limiter.close)
     gateway = SocketGateway(sio, manager, bus, verifier, limiter, node_id=ctx.node_id,
                             trusted_proxy_header=s.trusted_proxy_header)
     holder["gw"] = gateway

@@ -129,3 +129,42 @@ async def test_local_fallback_limiter_is_a_moving_window_and_forgets_idle_keys()
     await asyncio.sleep(1.05)
     assert await local.hit(item, "send", "u3")
     assert len(local) == 1  # and now u1
+
+
+async def test_shared_limiter_keeps_to_its_connections_under_a_burst(servers):
+    """A burst of checks (a reconnect storm) shares a few Redis connections and the limit
+    holds exactly: 300 concurrent hits against 100/minute, through at most 4 connections."""
+    import redis.asyncio as aioredis
+
+    from libs.errors import RateLimited
+    from libs.ratelimit.limiter import RateLimiter
+
+    prefix = f"rl-burst-{time.time_ns()}"
+    limiter = RateLimiter({"send": "100/minute"}, servers.redis.url, timeout_s=5.0, key_prefix=prefix,
+                          max_connections=4)
+    peak = 0
+    probe = aioredis.from_url(servers.redis.url)
+
+    async def hit() -> bool:
+        try:
+            await limiter.hit("send", "u1")
+            return True
+        except RateLimited:
+            return False
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            clients = await probe.client_list()
+            peak = max(peak, sum(1 for c in clients if c.get("name") == prefix))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        results = await asyncio.gather(*(hit() for _ in range(300)))
+    finally:
+        watcher.cancel()
+        await limiter.close()
+        await probe.aclose()
+    assert results.count(True) == 100 and results.count(False) == 200
+    assert 1 <= peak <= 4
