@@ -27,7 +27,7 @@ from opentelemetry import trace
 from libs.bus import schemas, subjects
 from libs.bus.subjects import metric_label
 from libs.errors import ChatError, Internal, Invalid, Unavailable, from_dict
-from libs.observability import metrics
+from libs.observability import metrics, tracing
 from libs.observability.tracing import extract_context, inject_headers
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
@@ -253,8 +253,8 @@ class Bus:
         outcome = "ok"
         # A refusal or an unavailable service is an outcome, not a crash: it sets the span's
         # status and code, without the traceback a recorded exception would format.
-        with _tracer.start_as_current_span(f"bus.request {label}", kind=trace.SpanKind.CLIENT,
-                                           record_exception=False, set_status_on_exception=False) as span:
+        with tracing.span(_tracer, f"bus.request {label}", kind=trace.SpanKind.CLIENT,
+                          record_exception=False, set_status_on_exception=False) as span:
             try:
                 nc = self.nc
                 if nc is None or not nc.is_connected:
@@ -300,7 +300,7 @@ class Bus:
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise Unavailable("message bus unavailable")
-        await nc.publish(subject, schemas.dumps(payload), headers=inject_headers())
+        await nc.publish(subject, schemas.dumps(payload), headers=inject_headers() or None)
 
     # -- serving -----------------------------------------------------------------------
     async def serve(self, subject: str, handler: Handler, request_type: type,
@@ -334,8 +334,7 @@ class Bus:
             started = time.perf_counter()
             outcome = "ok"
             ctx = extract_context(msg.headers)
-            with _tracer.start_as_current_span(f"bus.handle {label}", context=ctx,
-                                               kind=trace.SpanKind.SERVER) as span:
+            with tracing.span(_tracer, f"bus.handle {label}", context=ctx, kind=trace.SpanKind.SERVER) as span:
                 try:
                     try:
                         req = decoder.decode(msg.data)

@@ -19,7 +19,7 @@ import asyncpg
 from opentelemetry import trace
 
 from libs.errors import ChatError, Unavailable
-from libs.observability import metrics
+from libs.observability import metrics, tracing
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
 
@@ -184,7 +184,7 @@ class Database:
         """A pooled connection under the breaker; dependency failures -> Unavailable."""
         if self.pool is None:
             raise Unavailable("database unavailable")
-        with _tracer.start_as_current_span("db.connection"):
+        with tracing.span(_tracer, "db.connection"):
             async with self.breaker.guard(counts=_counts_as_failure):
                 try:
                     async with self.pool.acquire(timeout=self.acquire_timeout) as conn:

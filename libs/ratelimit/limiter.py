@@ -101,9 +101,10 @@ class RateLimiter:
             plain = redis_url.removeprefix("async+")
             self.pool = aioredis.BlockingConnectionPool.from_url(
                 plain, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=1,
-                socket_timeout=1, socket_keepalive=True, health_check_interval=10, client_name=f"{key_prefix}")
+                socket_timeout=1, socket_keepalive=True, health_check_interval=10, client_name=key_prefix)
             storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
-                                   connection_pool=self.pool, wrap_exceptions=True)
+                                   connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py
+                                   wrap_exceptions=True)
             self.shared = MovingWindowRateLimiter(storage)
 
     async def close(self) -> None:

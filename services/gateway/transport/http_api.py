@@ -18,6 +18,7 @@ from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps
 from libs.errors import ChatError, Internal, Invalid, NotFound, Unauthorized
+from libs.observability import tracing
 from services.gateway import metrics
 from services.gateway.transport.openapi import OPENAPI_JSON
 
@@ -108,7 +109,7 @@ class HttpApi:
         # Engine.IO requests get no span: a WebSocket's request lasts as long as the
         # connection (its events have spans of their own).
         span_cm = nullcontext(trace.INVALID_SPAN) if request.path.startswith("/socket.io/") else \
-            _tracer.start_as_current_span(f"http {request.method} {route}")
+            tracing.span(_tracer, f"http {request.method} {route}")
         with span_cm as span:
             try:
                 if request.path.startswith("/api/v1/") and request.path not in ("/api/v1/dev/token", "/api/v1/openapi.json"):

@@ -25,6 +25,7 @@ from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps
 from libs.errors import ChatError, Internal, Invalid, Unauthorized, Unavailable
+from libs.observability import tracing
 from libs.observability.logging import session_id_var, user_id_var
 from libs.ratelimit.limiter import RateLimiter
 from libs.sio.redis_manager import ResilientRedisManager, channel_room, guild_room, user_room
@@ -125,7 +126,7 @@ class SocketGateway:
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         started = time.perf_counter()
         ip = client_ip(environ, self.trusted_proxy_header)
-        with _tracer.start_as_current_span("socket.connect", context=otel_context.Context()):
+        with tracing.span(_tracer, "socket.connect", context=otel_context.Context()):
             try:
                 await self.limiter.hit("connect", ip)
                 token = auth.get("token") if isinstance(auth, dict) else None
@@ -210,7 +211,7 @@ class SocketGateway:
         label = name if spec is not None else "<unknown>"
         started = time.perf_counter()
         # Each event is its own trace (not a child of whatever the connection's task carried).
-        with _tracer.start_as_current_span(f"socket.event {label}", context=otel_context.Context()) as span:
+        with tracing.span(_tracer, f"socket.event {label}", context=otel_context.Context()) as span:
             try:
                 session = self.sessions.get(sid)
                 if session is None:

@@ -14,6 +14,7 @@ from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps as Ops
 from libs.errors import Invalid, NotFound
+from libs.observability import tracing
 from libs.sio.redis_manager import ResilientRedisManager, channel_room, user_room
 from libs.validation import text as rules
 from services.messaging.adapters.guild_store import GuildStore
@@ -65,7 +66,7 @@ class MessagingHandlers:
             await self.bus.serve(subjects.service_request("messaging", op), handler, req_type, queue=q)
 
     async def emit(self, event: str, channel_id: str, payload: Any, rooms: list[str] | None = None) -> None:
-        with _tracer.start_as_current_span(f"room.emit {event}"):
+        with tracing.span(_tracer, f"room.emit {event}"):
             await self.emitter.emit(event, msgspec.to_builtins(payload), room=rooms or channel_room(channel_id),
                                     namespace="/")
         EMITS.labels(event).inc()

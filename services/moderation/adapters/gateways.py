@@ -72,7 +72,7 @@ class GatewayFanout:
         sub = await nc.subscribe(inbox, cb=on_reply)
         try:
             await nc.publish(subjects.gateway_broadcast(), schemas.dumps(ctl), reply=inbox,
-                             headers=inject_headers())
+                             headers=inject_headers() or None)
             metrics.CONTROL_SENT.labels(ctl.op).inc()
             await self._gather(first, nobody, started)
         finally:
