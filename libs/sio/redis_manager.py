@@ -173,9 +173,30 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                     pass
 
     # -- rooms: indexed by sid ----------------------------------------------------------------
+    # A socket's own room (named by its sid) has no bidict of its own: python-socketio made
+    # one per socket (about 0.6 KB each) to hold that one member. It is kept in the sid's
+    # room set only; get_participants answers it from the namespace's sid -> eio_sid map.
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room == sid:
+            if eio_sid is None and namespace not in self.rooms:
+                raise ValueError("sid is not connected to requested namespace")
+        else:
+            super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self._sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def get_participants(self, namespace: str, room: Any) -> Any:
+        ns = self.rooms.get(namespace, {})
+        names = (room,) if isinstance(room, str) or not hasattr(room, "__len__") else room
+        participants: dict[str, str] = {}
+        for name in names:
+            members = ns.get(name)
+            if members is not None:
+                participants.update(members._fwdm)
+            elif name is not None and name in self._sid_rooms.get((namespace, name), ()):
+                eio_sid = ns[None]._fwdm.get(name) if None in ns else None
+                if eio_sid is not None:
+                    participants[name] = eio_sid
+        yield from participants.items()
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)
@@ -184,6 +205,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             rooms.discard(room)
 
     def basic_close_room(self, room: Any, namespace: str) -> None:
+        if room is not None and room in self._sid_rooms.get((namespace, room), ()):
+            raise ValueError("cannot close a sid room")
         members = list(self.rooms.get(namespace, {}).get(room, {}))
         super().basic_close_room(room, namespace)
         for sid in members:
