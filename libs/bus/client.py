@@ -357,7 +357,12 @@ class Bus:
                 metrics.BUS_HANDLE_SECONDS.labels(label).observe(time.perf_counter() - started)
                 if msg.reply:
                     try:
-                        await msg.respond(body)
+                        # Not msg.respond(): it sends the request's headers back with the
+                        # reply, for the caller to parse for nothing.
+                        nc = self.nc
+                        if nc is None:
+                            raise BusUnavailable("message bus closed")
+                        await nc.publish(msg.reply, body)
                     except Exception as exc:
                         log.warning("bus: could not reply on %s: %s", label, exc)
 
