@@ -84,6 +84,8 @@ class MessagingOps:
 class PresenceOps:
     SESSION_OPEN = "session_open"
     SESSION_CLOSE = "session_close"
+    SESSION_OPEN_MANY = "session_open_many"
+    SESSION_CLOSE_MANY = "session_close_many"
     UPDATE = "update"
     TYPING_START = "typing_start"
     TYPING_STOP = "typing_stop"

@@ -8,6 +8,9 @@ the next batch, which takes up to ``max_batch`` of the waiting writes. Under lig
 every batch holds one write and nothing waits; under load the batches grow on their own,
 and one commit, one round trip and one pool checkout carry many writes.
 
+The same pattern batches other round trips too (the gateway's presence session opens
+and closes), with a size histogram of their own.
+
 A batch that fails as a whole for a reason of its own (a deadlock, a constraint) is
 retried one write at a time, so one write's error stays its own. A batch that fails
 because the database is unavailable fails every write in it, as single writes would.
@@ -38,7 +41,7 @@ BATCH_SPLITS = Counter("chat_db_batch_splits_total",
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], *, name: str,
-                 max_batch: int = 64, max_inflight: int = 4) -> None:
+                 max_batch: int = 64, max_inflight: int = 4, size_metric: Histogram = BATCH_SIZE) -> None:
         self._run = run
         self.name = name
         self.max_batch = max(1, max_batch)
@@ -46,7 +49,7 @@ class GroupCommit(Generic[T, R]):
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._size = BATCH_SIZE.labels(name)
+        self._size = size_metric.labels(name)
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()

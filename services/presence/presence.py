@@ -34,6 +34,8 @@ OFFLINE_AFTER_GRACE = Counter("chat_presence_offline_grace_ended_total",
                               "users whose offline grace ran out (announced if still without a session)")
 KNOWN_NODES = Gauge("chat_presence_nodes", "gateway nodes with a recent heartbeat record")
 RESYNC_MIN_S = 30.0  # at most one resync request per node in this long
+CONTACTS_PER_LOOKUP = 1000  # users per presence lookup (one script call each)
+CLOSE_CHUNK = 500  # sessions per Redis transaction when a node's sessions are dropped
 
 
 def now_iso() -> str:
@@ -56,26 +58,46 @@ class PresenceService:
 
     # -- sessions ------------------------------------------------------------------------
     async def open(self, req: schemas.SessionOpen) -> schemas.SessionOpenReply:
-        before, chosen = await self.store.open_session(req.user.id, req.session_id, req.node,
-                                                       req.guild_ids, req.friend_ids)
-        if before == 0 and req.announce:
-            await self.announce(req.user.id, chosen=chosen, sessions=1, audience=(req.guild_ids, req.friend_ids))
-        return schemas.SessionOpenReply(presences=await self.visible(req.contact_ids) if req.contact_ids else [])
+        return (await self.open_many([req]))[0]
+
+    async def open_many(self, reqs: list[schemas.SessionOpen]) -> list[schemas.SessionOpenReply]:
+        """Record sessions (one Redis round trip for all), announce the users who just came
+        online, and answer each with the presences of its contacts (one lookup for the
+        contacts of all)."""
+        opened = await self.store.open_sessions(
+            [(r.user.id, r.session_id, r.node, r.guild_ids, r.friend_ids) for r in reqs])
+        for req, (before, chosen) in zip(reqs, opened, strict=True):
+            if before == 0 and req.announce:
+                await self.announce(req.user.id, chosen=chosen, sessions=1, audience=(req.guild_ids, req.friend_ids))
+        wanted = list(dict.fromkeys(u for r in reqs for u in r.contact_ids))
+        shown: dict[str, schemas.Presence] = {}
+        for i in range(0, len(wanted), CONTACTS_PER_LOOKUP):
+            shown.update((p.user_id, p) for p in await self.visible(wanted[i:i + CONTACTS_PER_LOOKUP]))
+        return [schemas.SessionOpenReply(presences=[shown[u] for u in r.contact_ids if u in shown]) for r in reqs]
 
     async def close(self, user_id: str, session_id: str, node: str, reason: str = "disconnect") -> None:
-        left = await self.store.close_session(user_id, session_id, node)
-        if left == 0:
-            for channel in await self.store.typing_channels(user_id):
+        await self.close_many([schemas.SessionClose(user_id=user_id, session_id=session_id, node=node)], reason)
+
+    async def close_many(self, reqs: list[schemas.SessionClose], reason: str = "disconnect") -> None:
+        """Forget sessions (one Redis round trip for all); the users left without one stop
+        typing and, after the offline grace (or at once), are announced."""
+        lefts = await self.store.close_sessions([(r.user_id, r.session_id, r.node) for r in reqs])
+        gone = list(dict.fromkeys(r.user_id for r, left in zip(reqs, lefts, strict=True) if left == 0))
+        if not gone:
+            return
+        for user_id, channels in (await self.store.typing_channels_of(gone)).items():
+            for channel in channels:
                 await self.typing_stop(user_id, channel, reason)
-            if reason == "disconnect" and self.offline_grace_s > 0:
-                # A client that reconnects within the grace (a network blip, a deploy, a
-                # reconnect storm) is never shown offline and back: the sweep announces
-                # whatever the user's state is when the grace ends.
-                due = time.time() + self.offline_grace_s
-                await self.store.offline_later(user_id, due)
-                if due < self.next_sweep_at:
-                    self.sweep_wakeup.set()
-            else:
+        if reason == "disconnect" and self.offline_grace_s > 0:
+            # A client that reconnects within the grace (a network blip, a deploy, a
+            # reconnect storm) is never shown offline and back: the sweep announces
+            # whatever the user's state is when the grace ends.
+            due = time.time() + self.offline_grace_s
+            await self.store.offline_later(gone, due)
+            if due < self.next_sweep_at:
+                self.sweep_wakeup.set()
+        else:
+            for user_id in gone:
                 await self.announce(user_id)
 
     async def update(self, req: schemas.PresenceUpdate) -> None:
@@ -166,13 +188,11 @@ class PresenceService:
                                schemas.GatewayControl(op="presence_resync", user_ids=[]))
 
     async def node_sessions(self, req: schemas.NodeSessions) -> None:
-        for s in req.sessions:
-            await self.open(s)
+        await self.open_many(req.sessions)
         await self.store.resync_add(req.node, req.generation, [f"{s.user.id}|{s.session_id}" for s in req.sessions])
         if req.final:
             ghosts = await self.store.resync_ghosts(req.node, req.generation)
-            for user, session in ghosts:
-                await self.close(user, session, req.node, "resync")
+            await self._close_all(req.node, ghosts, "resync")
             if ghosts:
                 metrics.CLEANUP_REMOVED.labels("presence_resync").inc(len(ghosts))
 
@@ -183,11 +203,15 @@ class PresenceService:
             sessions = await self.store.take_node_sessions(node)
             log.warning("gateway node %s stopped heartbeating; removing its %d sessions", node, len(sessions))
             NODES_DEAD.inc()
-            for user, session in sessions:
-                await self.close(user, session, node, "node_dead")
+            await self._close_all(node, sessions, "node_dead")
             await self.store.forget_node(node)
             metrics.CLEANUP_REMOVED.labels("dead_node_sessions").inc(len(sessions))
             await self._tell_sessions_gone(node, sessions)
+
+    async def _close_all(self, node: str, sessions: list[tuple[str, str]], reason: str) -> None:
+        for i in range(0, len(sessions), CLOSE_CHUNK):
+            await self.close_many([schemas.SessionClose(user_id=u, session_id=s, node=node)
+                                   for u, s in sessions[i:i + CLOSE_CHUNK]], reason)
 
     async def _tell_sessions_gone(self, node: str, sessions: list[tuple[str, str]]) -> None:
         gone_type = getattr(schemas, "SessionsGone", None)

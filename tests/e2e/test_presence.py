@@ -133,3 +133,25 @@ async def test_a_reconnect_within_the_offline_grace_is_never_shown_offline(http,
     assert statuses(b, alice.user_id)[seen:] == [], "a blip within the grace was shown"
     await a2.disconnect()
     await wait_offline_after_grace(b, alice.user_id)
+
+
+async def test_a_burst_of_sessions_is_seen_whole(http, cluster: Stack):
+    """Twenty members connect at once (their presence opens go in batches) and then leave
+    at once (their closes too): an observer sees each come online, a later session's
+    `ready` carries all of them, and each goes offline after the grace."""
+    g1, g2 = cluster.gateways
+    owner = await ChatClient(http, g1, uid("owner")).login()
+    members = [await ChatClient(http, g1, uid(f"m{i}")).login() for i in range(20)]
+    await guild_with_members(owner, *members)
+    watch = await owner.connect(g2)
+    socks = await asyncio.gather(*(m.connect(g1) for m in members))
+    for m in members:
+        await wait_status(watch, m.user_id, "online")
+    later = await owner.connect(g1)
+    shown = {p["user_id"]: p["status"] for p in later.events["ready"][0]["presences"]}
+    assert all(shown.get(m.user_id) == "online" for m in members), shown
+    await asyncio.gather(*(s.disconnect() for s in socks))
+    for m in members:
+        await wait_status(watch, m.user_id, "offline", timeout=OFFLINE_GRACE_S + 5)
+    for c in (owner, *members):
+        await c.close()

@@ -12,7 +12,10 @@ __all__ = [
     "PresenceQuery",
     "PresenceUpdate",
     "SessionClose",
+    "SessionCloseMany",
     "SessionOpen",
+    "SessionOpenMany",
+    "SessionOpenManyReply",
     "SessionOpenReply",
     "TypingRequest",
 ]  # NodeSessions below
@@ -48,6 +51,21 @@ class SessionClose(Struct):
     user_id: str
     session_id: str
     node: str
+
+
+class SessionOpenMany(Struct):
+    """Sessions a gateway opened while its previous batch was in flight (a connect burst):
+    presence records them in one Redis round trip and answers each in order."""
+
+    sessions: list[SessionOpen]
+
+
+class SessionOpenManyReply(Struct):
+    replies: list[SessionOpenReply]  # one per session, in the request's order
+
+
+class SessionCloseMany(Struct):
+    sessions: list[SessionClose]
 
 
 class PresenceUpdate(Struct):

@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 import msgspec
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from libs.bus import schemas, subjects
 from libs.bus.subjects import PresenceOps as Ops
+from libs.db.group_commit import GroupCommit
 from libs.errors import NotFound
 from libs.sio.redis_manager import channel_room
 from libs.validation.text import clean_plain
@@ -25,6 +26,10 @@ from services.gateway.transport.socket_events import Ack, SocketGateway, ok
 log = logging.getLogger(__name__)
 
 PRESENCE_FAILURES = Counter("chat_gateway_presence_failures_total", "Presence calls that failed", ["op"])
+PRESENCE_BATCH = Histogram("chat_gateway_presence_batch_size", "Sessions carried by one presence open or close request",
+                           ["batch"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+SESSION_BATCH_MAX = 256  # sessions per open / close request to presence
+SESSION_BATCHES_INFLIGHT = 2  # while these run, further opens (closes) wait for the next batch
 TYPING_SECONDS = 10
 HEARTBEAT_S = 5.0
 RESYNC_CHUNK = 500
@@ -45,6 +50,32 @@ def register(gw: SocketGateway) -> None:
 class PresenceFeature:
     def __init__(self, gw: SocketGateway) -> None:
         self.gw = gw
+        # A connect burst (a reconnect storm, a deploy) sends presence one request per batch
+        # of sessions instead of one per session; alone, a session is sent at once.
+        self._opens: GroupCommit[schemas.SessionOpen, schemas.SessionOpenReply] = GroupCommit(
+            self._open_batch, name="session_open", max_batch=SESSION_BATCH_MAX,
+            max_inflight=SESSION_BATCHES_INFLIGHT, size_metric=PRESENCE_BATCH)
+        self._closes: GroupCommit[schemas.SessionClose, None] = GroupCommit(
+            self._close_batch, name="session_close", max_batch=SESSION_BATCH_MAX,
+            max_inflight=SESSION_BATCHES_INFLIGHT, size_metric=PRESENCE_BATCH)
+
+    async def _open_batch(self, batch: list[schemas.SessionOpen]) -> list[schemas.SessionOpenReply]:
+        reply = await self.gw.request("presence", Ops.SESSION_OPEN_MANY, schemas.SessionOpenMany(sessions=batch),
+                                      schemas.SessionOpenManyReply)
+        return reply.replies
+
+    async def _close_batch(self, batch: list[schemas.SessionClose]) -> list[None]:
+        await self.gw.request("presence", Ops.SESSION_CLOSE_MANY, schemas.SessionCloseMany(sessions=batch),
+                              schemas.Empty)
+        return [None] * len(batch)
+
+    async def _batched(self, op: str, batcher: GroupCommit[Any, Any], item: Any) -> Any:
+        try:
+            return await batcher.submit(item)
+        except Exception as exc:
+            PRESENCE_FAILURES.labels(op).inc()
+            log.warning("presence %s failed: %s", op, exc)
+            return None
 
     def _open(self, s: Session, contacts: list[str], announce: bool = True) -> schemas.SessionOpen:
         return schemas.SessionOpen(user=schemas.UserRef(id=s.user_id, name=s.name), session_id=s.session_id,
@@ -60,13 +91,13 @@ class PresenceFeature:
             return None
 
     async def on_connect(self, s: Session, ready: schemas.ReadyReply, payload: dict[str, Any]) -> None:
-        reply = await self._call(Ops.SESSION_OPEN, self._open(s, ready.contact_ids), schemas.SessionOpenReply)
+        reply = await self._batched(Ops.SESSION_OPEN, self._opens, self._open(s, ready.contact_ids))
         if reply is not None:
             payload["presences"] = msgspec.to_builtins(reply.presences)
 
     async def on_disconnect(self, s: Session, last: bool) -> None:
-        await self._call(Ops.SESSION_CLOSE, schemas.SessionClose(user_id=s.user_id, session_id=s.session_id,
-                                                                 node=self.gw.node_id))
+        await self._batched(Ops.SESSION_CLOSE, self._closes, schemas.SessionClose(
+            user_id=s.user_id, session_id=s.session_id, node=self.gw.node_id))
 
     async def typing_start(self, s: Session, m: p.ChannelRef) -> Ack:
         if m.channel_id not in s.channels:

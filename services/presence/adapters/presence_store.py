@@ -80,28 +80,49 @@ class PresenceStore:
                            friends: list[str]) -> tuple[int, dict[str, Any]]:
         """Record a session; returns the user's session count before it and their chosen
         status (one round trip)."""
+        return (await self.open_sessions([(user, session_id, node, guilds, friends)]))[0]
+
+    async def open_sessions(self, sessions: list[tuple[str, str, str, list[str], list[str]]]
+                            ) -> list[tuple[int, dict[str, Any]]]:
+        """Record sessions (user, session, node, guilds, friends), all in one round trip and
+        one transaction; for each, the user's session count before it and their chosen
+        status. A user twice in the list sees the first session in the second's count."""
+        if not sessions:
+            return []
         p = self.r.pipeline(transaction=True)
-        p.hlen(_s(user))
-        p.hset(_s(user), session_id, node)
-        p.expire(_s(user), self.ttl)
-        p.sadd(_node(node), f"{user}|{session_id}")
-        p.expire(_node(node), self.ttl)
-        p.hsetnx(NODES, node, time.time())  # a node is watched from its first session on
-        p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
-        p.expire(_aud(user), self.ttl)
-        p.expire(_st(user), self.ttl * 30)
-        p.hgetall(_st(user))
+        now = time.time()
+        for user, session_id, node, guilds, friends in sessions:
+            p.hlen(_s(user))
+            p.hset(_s(user), session_id, node)
+            p.expire(_s(user), self.ttl)
+            p.sadd(_node(node), f"{user}|{session_id}")
+            p.expire(_node(node), self.ttl)
+            p.hsetnx(NODES, node, now)  # a node is watched from its first session on
+            p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
+            p.expire(_aud(user), self.ttl)
+            p.expire(_st(user), self.ttl * 30)
+            p.hgetall(_st(user))
         res = await p.execute()
-        return int(res[0]) - (0 if res[1] else 1), _chosen(res[-1])
+        step = 10  # commands per session above
+        return [(int(res[i]) - (0 if res[i + 1] else 1), _chosen(res[i + step - 1]))
+                for i in range(0, len(res), step)]
 
     async def close_session(self, user: str, session_id: str, node: str) -> int:
         """Forget a session; returns how many sessions the user has left (-1 if unknown)."""
+        return (await self.close_sessions([(user, session_id, node)]))[0]
+
+    async def close_sessions(self, sessions: list[tuple[str, str, str]]) -> list[int]:
+        """Forget sessions (user, session, node) in one round trip; for each, how many
+        sessions the user has left after it (-1 when it was not known)."""
+        if not sessions:
+            return []
         p = self.r.pipeline(transaction=True)
-        p.hdel(_s(user), session_id)
-        p.hlen(_s(user))
-        p.srem(_node(node), f"{user}|{session_id}")
-        removed, left, _ = await p.execute()
-        return int(left) if removed else -1
+        for user, session_id, node in sessions:
+            p.hdel(_s(user), session_id)
+            p.hlen(_s(user))
+            p.srem(_node(node), f"{user}|{session_id}")
+        res = await p.execute()
+        return [int(res[i + 1]) if res[i] else -1 for i in range(0, len(res), 3)]
 
     async def session_count(self, user: str) -> int:
         return int(await self.r.hlen(_s(user)))
@@ -198,7 +219,14 @@ class PresenceStore:
         return bool(removed)
 
     async def typing_channels(self, user: str) -> list[str]:
-        return [_d(c) for c in await self.r.smembers(_ty(user))]
+        return (await self.typing_channels_of([user]))[user]
+
+    async def typing_channels_of(self, users: list[str]) -> dict[str, list[str]]:
+        """The channels each user is typing in (one round trip)."""
+        p = self.r.pipeline(transaction=False)
+        for user in users:
+            p.smembers(_ty(user))
+        return {user: [_d(c) for c in chans] for user, chans in zip(users, await p.execute(), strict=True)}
 
     async def typing_expired(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
         members = await self.r.zrangebyscore(TYPING, "-inf", now, start=0, num=limit)
@@ -209,8 +237,9 @@ class PresenceStore:
         return float(first[0][1]) if first else None
 
     # -- offline after a grace period ---------------------------------------------------------
-    async def offline_later(self, user: str, due: float) -> None:
-        await self.r.zadd(OFFLINE_DUE, {user: due})
+    async def offline_later(self, users: list[str], due: float) -> None:
+        if users:
+            await self.r.zadd(OFFLINE_DUE, dict.fromkeys(users, due))
 
     async def offline_due(self, now: float, limit: int = 500) -> list[str]:
         """Users whose grace has run out, each handed to exactly one caller (ZREM decides)."""

@@ -21,6 +21,7 @@ from services.presence.presence import PresenceService
 
 log = logging.getLogger(__name__)
 _heartbeat = msgspec.json.Decoder(schemas.NodeHeartbeat)
+MAX_BATCH = 1000  # sessions per session_open_many / session_close_many request
 
 
 class PresenceHandlers:
@@ -49,6 +50,8 @@ class PresenceHandlers:
         table: list[tuple[str, Callable[[Any], Awaitable[Any]], type]] = [
             (Ops.SESSION_OPEN, self.p.open, schemas.SessionOpen),
             (Ops.SESSION_CLOSE, self.session_close, schemas.SessionClose),
+            (Ops.SESSION_OPEN_MANY, self.session_open_many, schemas.SessionOpenMany),
+            (Ops.SESSION_CLOSE_MANY, self.session_close_many, schemas.SessionCloseMany),
             (Ops.UPDATE, self.update, schemas.PresenceUpdate),
             (Ops.TYPING_START, self.typing_start, schemas.TypingRequest),
             (Ops.TYPING_STOP, self.typing_stop, schemas.TypingRequest),
@@ -61,6 +64,17 @@ class PresenceHandlers:
 
     async def session_close(self, req: schemas.SessionClose) -> schemas.Empty:
         await self.p.close(req.user_id, req.session_id, req.node)
+        return schemas.Empty()
+
+    async def session_open_many(self, req: schemas.SessionOpenMany) -> schemas.SessionOpenManyReply:
+        if len(req.sessions) > MAX_BATCH:
+            raise Invalid(f"sessions: at most {MAX_BATCH}")
+        return schemas.SessionOpenManyReply(replies=await self.p.open_many(req.sessions))
+
+    async def session_close_many(self, req: schemas.SessionCloseMany) -> schemas.Empty:
+        if len(req.sessions) > MAX_BATCH:
+            raise Invalid(f"sessions: at most {MAX_BATCH}")
+        await self.p.close_many(req.sessions)
         return schemas.Empty()
 
     async def update(self, req: schemas.PresenceUpdate) -> schemas.Empty:
