@@ -8,6 +8,8 @@ from libs.observability.metrics import LATENCY_BUCKETS
 
 CONNECTIONS_TOTAL = Counter("chat_gateway_connections_total", "Accepted socket connections (lifetime)")
 CONNECTIONS_ACTIVE = Gauge("chat_gateway_connections_active", "Connected sockets on this node")
+CONNECTS_WAITING = Gauge("chat_gateway_connects_waiting",
+                         "Authenticated connects waiting for their turn (CHAT_CONNECT_CONCURRENCY are handled at once)")
 CONNECTIONS_FAILED = Counter("chat_gateway_connections_failed_total", "Refused or failed connection attempts", ["code"])
 DISCONNECTS = Counter("chat_gateway_disconnects_total", "Socket disconnects", ["reason"])
 MESSAGES_SENT = Counter("chat_gateway_messages_sent_total", "message:send / dm:send acknowledged ok")

@@ -43,10 +43,12 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     bus = await ctx.start_bus(stack)
     verifier = TokenVerifier(audience=s.jwt_audience, issuer=s.jwt_issuer, secret=s.jwt_secret,
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
-    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis"))
+    # A breaker of its own: checks that time out in an overloaded gateway (a reconnect storm)
+    # must not stop room delivery through the adapter, which shared the "redis" breaker.
+    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"))
     stack.push_async_callback(limiter.close)
     gateway = SocketGateway(sio, manager, bus, verifier, limiter, node_id=ctx.node_id,
-                            trusted_proxy_header=s.trusted_proxy_header)
+                            trusted_proxy_header=s.trusted_proxy_header, connect_concurrency=s.connect_concurrency)
     holder["gw"] = gateway
     manager.start()
     stack.push_async_callback(manager.stop)

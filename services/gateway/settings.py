@@ -23,6 +23,8 @@ class GatewaySettings(CommonSettings):
     ping_timeout_s: float = setting(20.0, "Engine.IO ping timeout")
     max_frame_bytes: int = setting(65536, "Largest Socket.IO frame accepted")
     connect_timeout_s: float = setting(10.0, "Engine.IO sessions that send no CONNECT within this are closed")
+    connect_concurrency: int = setting(64, "Authenticated connects handled at once per node (ready, presence); "
+                                           "the others wait their turn instead of timing out behind them")
     client_queue_soft: int = setting(200, "Packets queued for one long-polling socket past which typing/presence to it are dropped")
     client_queue_hard: int = setting(1000, "Packets queued for one long-polling socket past which it gets sync:required and is disconnected")
     client_buffer_soft_bytes: int = setting(256 * 1024, "Bytes one WebSocket has not taken past which typing/presence to it are dropped")

@@ -105,6 +105,34 @@ async def test_a_connect_still_being_handled_outlives_the_no_connect_timeout(own
         await user.close()
 
 
+async def test_connects_past_the_admission_limit_wait_their_turn(own_stack):
+    """With CHAT_CONNECT_CONCURRENCY=2 and messaging paused, two connects wait for `ready`
+    and the other four wait for their turn (not for messaging, so they cannot time out
+    there); when messaging is back, all six connect."""
+    stack = own_stack(gateways=1, CHAT_CONNECT_CONCURRENCY="2", CHAT_BUS_REQUEST_TIMEOUT_S="10")
+    (url,) = stack.gateways
+    ops = f"http://127.0.0.1:{stack.cluster.gateways[0].ops_port}"
+    (messaging,) = [p for p in stack.cluster.processes if p.module == "messaging"]
+    assert messaging.proc is not None
+    async with aiohttp.ClientSession() as http:
+        users = [await ChatClient(http, url, uid(f"queued{i}")).login() for i in range(6)]
+        os.kill(messaging.proc.pid, signal.SIGSTOP)
+        try:
+            connecting = [asyncio.ensure_future(u.connect()) for u in users]
+            deadline = time.monotonic() + 8
+            while await metric_total(ops, "chat_gateway_connects_waiting") != 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert await metric_total(ops, "chat_gateway_connects_waiting") == 4
+            assert not any(c.done() for c in connecting)
+        finally:
+            os.kill(messaging.proc.pid, signal.SIGCONT)
+        socks = await asyncio.wait_for(asyncio.gather(*connecting), 30)
+        assert all(s.events["ready"] and s.sio.connected for s in socks)
+        assert await metric_total(ops, "chat_gateway_connects_waiting") == 0
+        for u in users:
+            await u.close()
+
+
 async def test_admin_recovery_requires_the_admin_token(http, cluster: Stack):
     ops = f"http://127.0.0.1:{cluster.cluster.gateways[0].ops_port}"
     async with http.post(f"{ops}/admin/socket/recovery") as r:

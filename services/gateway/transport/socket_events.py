@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import socketio
@@ -79,7 +79,7 @@ class SocketGateway:
     def __init__(self, sio: socketio.AsyncServer, manager: ResilientRedisManager, bus: Bus,
                  verifier: TokenVerifier, limiter: RateLimiter, *, node_id: str = "gateway",
                  trusted_proxy_header: str = "",
-                 message_max_chars: int = 2000) -> None:
+                 message_max_chars: int = 2000, connect_concurrency: int = 64) -> None:
         self.sio = sio
         self.manager = manager
         self.bus = bus
@@ -89,6 +89,10 @@ class SocketGateway:
         self.trusted_proxy_header = trusted_proxy_header
         self.message_max_chars = message_max_chars
         self.sessions = SessionRegistry()
+        # Admission: a reconnect storm sends every client's `ready` at once; past this many in
+        # flight, requests would queue in messaging until they time out (and trip its breaker),
+        # and each timed-out one is a client that retries. Here they wait their turn instead.
+        self._admission = asyncio.Semaphore(max(1, connect_concurrency))
         self._pending_ready: dict[str, Ack] = {}
         self.events: dict[str, EventSpec] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
@@ -133,50 +137,69 @@ class SocketGateway:
                 ident = await self.verifier.verify(token)
                 user = schemas.UserRef(id=ident.user_id, name=ident.name)
                 user_id_var.set(user.id)
-                for check in self.connect_checks:
-                    await check(user, ip)
-                ready = await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
-                                           schemas.ReadyReply)
-            except ChatError as exc:
-                metrics.CONNECTIONS_FAILED.labels(exc.code).inc()
-                log.info("connect refused: %s", exc.code, extra={"ip": ip})
-                raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_dict()) from None
+            except Exception as exc:
+                self._refuse(exc, ip)
+            metrics.CONNECTS_WAITING.inc()
+            try:
+                await self._admission.acquire()
+            finally:
+                metrics.CONNECTS_WAITING.dec()
+            try:
+                return await self._open_session(sid, user, ip, started)
+            finally:
+                self._admission.release()
+
+    def _refuse(self, exc: BaseException, ip: str) -> NoReturn:
+        if isinstance(exc, ChatError):
+            metrics.CONNECTIONS_FAILED.labels(exc.code).inc()
+            log.info("connect refused: %s", exc.code, extra={"ip": ip})
+            raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_dict()) from None
+        metrics.CONNECTIONS_FAILED.labels("internal").inc()
+        log.error("connect failed", exc_info=exc)
+        raise socketio.exceptions.ConnectionRefusedError(
+            "internal", {"code": "internal", "message": "internal error"}) from None
+
+    async def _open_session(self, sid: str, user: schemas.UserRef, ip: str, started: float) -> bool:
+        """The part of a connect that runs under admission: checks, `ready` from messaging,
+        rooms, the session, the connect hooks (presence)."""
+        try:
+            for check in self.connect_checks:
+                await check(user, ip)
+            ready = await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
+                                       schemas.ReadyReply)
+        except Exception as exc:
+            self._refuse(exc, ip)
+        session = Session(sid=sid, user_id=user.id, name=user.name,
+                          session_id=secrets.token_hex(8), ip=ip)
+        session_id_var.set(session.session_id)
+        for ch in ready.channels:
+            await self.sio.enter_room(sid, channel_room(ch.id))
+            session.channels.add(ch.id)
+        for g in ready.guilds:
+            await self.sio.enter_room(sid, guild_room(g.id))
+            session.guilds.add(g.id)
+        session.friends = set(ready.friend_ids)
+        session.presence_guilds = set(ready.presence_guild_ids)
+        await self.sio.enter_room(sid, user_room(user.id))
+        self.sessions.add(session)
+        self._pending_ready[sid] = {
+            "session_id": session.session_id,
+            "user": {"id": user.id, "name": user.name},
+            "guilds": msgspec.to_builtins(ready.guilds),
+            "channels": msgspec.to_builtins(ready.channels),
+            "presences": [],
+            "limits": {"message_max_chars": self.message_max_chars},
+        }
+        for hook in self.connect_hooks:
+            try:
+                await hook(session, ready, self._pending_ready[sid])
             except Exception:
-                metrics.CONNECTIONS_FAILED.labels("internal").inc()
-                log.exception("connect failed")
-                raise socketio.exceptions.ConnectionRefusedError(
-                    "internal", {"code": "internal", "message": "internal error"}) from None
-            session = Session(sid=sid, user_id=user.id, name=user.name,
-                              session_id=secrets.token_hex(8), ip=ip)
-            session_id_var.set(session.session_id)
-            for ch in ready.channels:
-                await self.sio.enter_room(sid, channel_room(ch.id))
-                session.channels.add(ch.id)
-            for g in ready.guilds:
-                await self.sio.enter_room(sid, guild_room(g.id))
-                session.guilds.add(g.id)
-            session.friends = set(ready.friend_ids)
-            session.presence_guilds = set(ready.presence_guild_ids)
-            await self.sio.enter_room(sid, user_room(user.id))
-            self.sessions.add(session)
-            self._pending_ready[sid] = {
-                "session_id": session.session_id,
-                "user": {"id": user.id, "name": user.name},
-                "guilds": msgspec.to_builtins(ready.guilds),
-                "channels": msgspec.to_builtins(ready.channels),
-                "presences": [],
-                "limits": {"message_max_chars": self.message_max_chars},
-            }
-            for hook in self.connect_hooks:
-                try:
-                    await hook(session, ready, self._pending_ready[sid])
-                except Exception:
-                    log.exception("connect hook failed")
-            metrics.CONNECTIONS_TOTAL.inc()
-            metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
-            log.info("connected in %.0f ms", (time.perf_counter() - started) * 1000,
-                     extra={"sid": sid, "ip": ip, "channels": len(session.channels)})
-            return True
+                log.exception("connect hook failed")
+        metrics.CONNECTIONS_TOTAL.inc()
+        metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
+        log.info("connected in %.0f ms", (time.perf_counter() - started) * 1000,
+                 extra={"sid": sid, "ip": ip, "channels": len(session.channels)})
+        return True
 
     async def _send_ready(self, sid: str) -> None:
         payload = self._pending_ready.pop(sid, None)
