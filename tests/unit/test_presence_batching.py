@@ -100,6 +100,10 @@ async def test_store_batch_matches_one_at_a_time(servers):
         await store.offline_later([p + "a", p + "b"], time.time() - 1)
         assert set(await store.offline_due(time.time())) >= {p + "a", p + "b"}
         assert await store.open_sessions([]) == [] and await store.close_sessions([]) == []
+        # back within the grace: no longer due to be announced offline
+        await store.offline_later([p + "c"], time.time() - 1)
+        await store.open_sessions([(p + "c", "s9", "n1", [], [])])
+        assert p + "c" not in await store.offline_due(time.time())
     finally:
         await store.typing_stop(p + "b", "c9")
         await r.aclose()

@@ -86,26 +86,32 @@ class PresenceStore:
                             ) -> list[tuple[int, dict[str, Any]]]:
         """Record sessions (user, session, node, guilds, friends), all in one round trip and
         one transaction; for each, the user's session count before it and their chosen
-        status. A user twice in the list sees the first session in the second's count."""
+        status. A user twice in the list sees the first session in the second's count.
+        A user back within the offline grace leaves the offline queue: the sweep would
+        only have found them online again."""
         if not sessions:
             return []
         p = self.r.pipeline(transaction=True)
-        now = time.time()
+        by_node: dict[str, list[str]] = {}
         for user, session_id, node, guilds, friends in sessions:
             p.hlen(_s(user))
             p.hset(_s(user), session_id, node)
             p.expire(_s(user), self.ttl)
-            p.sadd(_node(node), f"{user}|{session_id}")
-            p.expire(_node(node), self.ttl)
-            p.hsetnx(NODES, node, now)  # a node is watched from its first session on
             p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
             p.expire(_aud(user), self.ttl)
             p.expire(_st(user), self.ttl * 30)
             p.hgetall(_st(user))
+            by_node.setdefault(node, []).append(f"{user}|{session_id}")
+        p.zrem(OFFLINE_DUE, *{user for user, *_ in sessions})
+        now = time.time()
+        for node, members in by_node.items():
+            p.sadd(_node(node), *members)
+            p.expire(_node(node), self.ttl)
+            p.hsetnx(NODES, node, now)  # a node is watched from its first session on
         res = await p.execute()
-        step = 10  # commands per session above
+        step = 7  # commands per session above
         return [(int(res[i]) - (0 if res[i + 1] else 1), _chosen(res[i + step - 1]))
-                for i in range(0, len(res), step)]
+                for i in range(0, step * len(sessions), step)]
 
     async def close_session(self, user: str, session_id: str, node: str) -> int:
         """Forget a session; returns how many sessions the user has left (-1 if unknown)."""
