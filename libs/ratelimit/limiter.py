@@ -16,19 +16,66 @@ from collections import deque
 from collections.abc import Mapping
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
-from libs.errors import RateLimited
+from libs.db.group_commit import GroupCommit
+from libs.errors import RateLimited, Unavailable
+from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("chat_ratelimit_rejected_total", "Requests refused by a rate limit", ["rule"])
 FALLBACK = Counter("chat_ratelimit_fallback_total", "Rate-limit checks answered by the per-node limiter")
+BATCH = Histogram("chat_ratelimit_batch_size", "Rate-limit checks sent to Redis in one pipeline", ["batch"],
+                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+
+class SharedMovingWindow:
+    """``limits``' moving window in Redis (its own acquire script, its keys), with the
+    checks that arrive while earlier ones are in flight sent together in one pipeline.
+
+    One check at a time through ``MovingWindowRateLimiter.hit`` cost a gateway about
+    180 µs of CPU in redis-py (a pool checkout, a command, a reply), a seventh of its
+    CPU at 1,000 messages/s. Alone, a check still goes at once; under load they share a
+    round trip. The results are the library's: same script, same keys, so
+    ``get_window_stats`` of the library sees these hits.
+    """
+
+    def __init__(self, storage: RedisStorage, pool: aioredis.BlockingConnectionPool, *,
+                 max_batch: int = 256, max_inflight: int = 2) -> None:
+        self.bridge = storage.bridge
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.script = self.redis.register_script(self.bridge.SCRIPT_ACQUIRE_MOVING_WINDOW)
+        self.batches: GroupCommit[tuple[str, int, int], bool] = GroupCommit(
+            self._acquire, name="shared", max_batch=max_batch, max_inflight=max_inflight, size_metric=BATCH)
+
+    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        key = self.bridge.prefixed_key(item.key_for(*identifiers))
+        return await self.batches.submit((key, item.amount, item.get_expiry()))
+
+    async def _acquire(self, batch: list[tuple[str, int, int]]) -> list[bool]:
+        try:
+            for attempt in (1, 2):
+                pipe = self.redis.pipeline(transaction=False)
+                now = time.time()
+                for key, limit, expiry in batch:
+                    pipe.evalsha(self.script.sha, 1, key, now, limit, expiry, 1)  # type: ignore[no-untyped-call]
+                try:
+                    return [bool(acquired) for acquired in await pipe.execute()]
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self.redis.script_load(self.script.script)  # Redis restarted: scripts are gone
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # Unavailable fails the whole batch at once (no retry one check at a time).
+            raise Unavailable(f"rate-limit store unavailable ({type(exc).__name__})") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class LocalMovingWindow:
@@ -92,6 +139,7 @@ class RateLimiter:
         self.timeout_s = timeout_s
         self.local = LocalMovingWindow()
         self.shared: MovingWindowRateLimiter | None = None
+        self.batched: SharedMovingWindow | None = None
         self.pool: aioredis.BlockingConnectionPool | None = None
         if redis_url:
             # A bounded pool: a burst of checks (a reconnect storm) waits for one of
@@ -105,9 +153,24 @@ class RateLimiter:
             storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
                                    connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py
                                    wrap_exceptions=True)
-            self.shared = MovingWindowRateLimiter(storage)
+            self.shared = MovingWindowRateLimiter(storage)  # window stats (retry_after_ms)
+            self.batched = SharedMovingWindow(storage, self.pool)
+
+        self._prober: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Probe Redis while the breaker is open, so it closes again without traffic."""
+        if self.batched is not None and self._prober is None:
+            self._prober = self.breaker.start_prober(self._ping, Backoff())
+
+    async def _ping(self) -> bool:
+        assert self.batched is not None
+        return bool(await self.batched.redis.ping())
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
         if self.pool is not None:
             await self.pool.disconnect()
 
@@ -120,10 +183,10 @@ class RateLimiter:
         if item is None:
             return
         limiter: MovingWindowRateLimiter | LocalMovingWindow = self.local
-        if self.shared is not None and self.breaker.allow():
+        if self.shared is not None and self.batched is not None and self.breaker.allow():
             try:
                 async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
-                    allowed = await self.shared.hit(item, rule, key)
+                    allowed = await self.batched.hit(item, rule, key)
                 self.breaker.record_success()
                 limiter = self.shared
             except asyncio.CancelledError:

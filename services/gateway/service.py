@@ -46,6 +46,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     # A breaker of its own: checks that time out in an overloaded gateway (a reconnect storm)
     # must not stop room delivery through the adapter, which shared the "redis" breaker.
     limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"))
+    limiter.start()
     stack.push_async_callback(limiter.close)
     gateway = SocketGateway(sio, manager, bus, verifier, limiter, node_id=ctx.node_id,
                             trusted_proxy_header=s.trusted_proxy_header, connect_concurrency=s.connect_concurrency)
