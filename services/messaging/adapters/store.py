@@ -102,7 +102,7 @@ class _NewMessage(NamedTuple):
 
 
 class Store:
-    def __init__(self, db: Database, *, send_batch_max: int = 64, send_batches_inflight: int = 4) -> None:
+    def __init__(self, db: Database, *, send_batch_max: int = 64, send_batches_inflight: int = 1) -> None:
         self.db = db
         self._sends: GroupCommit[_NewMessage, asyncpg.Record] = GroupCommit(
             self._create_messages, name="message_send", max_batch=send_batch_max, max_inflight=send_batches_inflight)
