@@ -151,6 +151,16 @@ class PresenceService:
                                     room=channel_room(channel_id), namespace="/")
             TYPING_STOPS.labels(reason).inc()
 
+    async def typing_stop_many(self, pairs: list[tuple[str, str]], reason: str) -> None:
+        """End the typing of (user, channel) pairs (one Redis round trip); those that were
+        typing are announced to their channel."""
+        pairs = list(dict.fromkeys(pairs))
+        for (user_id, channel_id), stopped in zip(pairs, await self.store.typing_stop_many(pairs), strict=True):
+            if stopped:
+                await self.emitter.emit("typing:stop", {"channel_id": channel_id, "user_id": user_id},
+                                        room=channel_room(channel_id), namespace="/")
+                TYPING_STOPS.labels(reason).inc()
+
     async def sweep_due(self) -> float | None:
         """End expired typing and announce users whose offline grace ran out; returns the
         next time there is something to do (epoch seconds), if any."""

@@ -107,6 +107,32 @@ async def test_typing_is_shown_to_others_and_ends_by_itself(http, cluster: Stack
     await bob.close()
 
 
+async def test_a_message_from_another_session_ends_typing(http, cluster: Stack):
+    """Typing ends when its author's message is stored, whichever session or node sent it:
+    presence sees messaging's message.created, not the gateway's socket."""
+    g1, g2 = cluster.gateways
+    alice = await ChatClient(http, g1, uid("alice")).login()
+    bob = await ChatClient(http, g2, uid("bob")).login()
+    guild = await guild_with_members(alice, bob)
+    ch = guild["text_channel"]
+    typing_socket = await alice.connect(g1)
+    sending_socket = await alice.connect(g2)
+    b = await bob.connect(g1)
+    assert (await typing_socket.call("typing:start", {"channel_id": ch}))["ok"]
+    await b.wait_for("typing")
+    started = time.monotonic()
+    assert (await sending_socket.call("message:send", {"channel_id": ch, "content": "hi", "nonce": "x1"}))["ok"]
+    stop = (await b.wait_for("typing:stop", timeout=5))[0]
+    assert stop == {"channel_id": ch, "user_id": alice.user_id}
+    assert time.monotonic() - started < 2  # not the expiry (CHAT_TYPING_TTL_S=3 in the test cluster)
+    # Bob's own message ends nothing of Alice's (he was not typing).
+    assert (await b.call("message:send", {"channel_id": ch, "content": "yo", "nonce": "x2"}))["ok"]
+    await asyncio.sleep(0.5)
+    assert len(b.events["typing:stop"]) == 1
+    await alice.close()
+    await bob.close()
+
+
 async def test_last_disconnect_stops_typing(http, cluster: Stack):
     g1, g2 = cluster.gateways
     alice = await ChatClient(http, g1, uid("alice")).login()

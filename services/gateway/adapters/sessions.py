@@ -19,7 +19,6 @@ class Session:
     guilds: set[str] = field(default_factory=set)
     friends: set[str] = field(default_factory=set)
     presence_guilds: set[str] = field(default_factory=set)  # guilds told about this user's presence
-    typing_until: dict[str, float] = field(default_factory=dict)  # channel -> monotonic expiry of typing:start
     connected_at: float = field(default_factory=time.time)
 
 

@@ -1,13 +1,13 @@
 """Gateway side of presence and typing: session registration (and the presences in
-`ready`), `typing:start`, `presence:update`, typing ended by a sent message, node
-heartbeats, and re-registration when presence asks for it."""
+`ready`), `typing:start`, `presence:update`, node heartbeats, and re-registration when
+presence asks for it. (A sent message ends its author's typing in presence, which sees
+messaging's `message.created`.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-import time
 from typing import Any
 
 import msgspec
@@ -41,8 +41,6 @@ def register(gw: SocketGateway) -> None:
     gw.disconnect_hooks.append(feature.on_disconnect)
     gw.add_event("typing:start", p.ChannelRef, feature.typing_start, "typing")
     gw.add_event("presence:update", p.PresenceUpdate, feature.presence_update, "presence")
-    send = gw.events["message:send"]
-    gw.add_event("message:send", send.schema, feature.after_send(send.handler), send.rule)
     gw.control_ops["presence_resync"] = feature.resync
     gw.background.append(feature.heartbeat_loop)
 
@@ -102,7 +100,6 @@ class PresenceFeature:
     async def typing_start(self, s: Session, m: p.ChannelRef) -> Ack:
         if m.channel_id not in s.channels:
             raise NotFound("channel not found")
-        s.typing_until[m.channel_id] = time.monotonic() + TYPING_SECONDS
         await self.gw.sio.emit("typing", {"channel_id": m.channel_id, "user_id": s.user_id,
                                           "expires_in_ms": TYPING_SECONDS * 1000},
                                room=channel_room(m.channel_id), skip_sid=s.sid)
@@ -116,17 +113,6 @@ class PresenceFeature:
         await self.gw.request("presence", Ops.UPDATE, schemas.PresenceUpdate(
             user_id=s.user_id, status=m.status, activity=activity), schemas.Empty)
         return ok()
-
-    def after_send(self, handler: Any) -> Any:
-        """message:send ends the sender's typing in that channel (a presence call only when
-        this session said it was typing there and that has not expired yet)."""
-        async def send(s: Session, m: p.MessageSend) -> Ack:
-            ack = await handler(s, m)
-            if s.typing_until.pop(m.channel_id, 0.0) > time.monotonic():
-                asyncio.ensure_future(self._call(Ops.TYPING_STOP, schemas.TypingRequest(
-                    user_id=s.user_id, channel_id=m.channel_id)))
-            return ack
-        return send
 
     async def heartbeat_loop(self) -> None:
         await self.gw.bus.wait_connected()

@@ -224,6 +224,15 @@ class PresenceStore:
         removed, _ = await p.execute()
         return bool(removed)
 
+    async def typing_stop_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        """``typing_stop`` for (user, channel) pairs in one round trip."""
+        p = self.r.pipeline(transaction=False)
+        for user, channel in pairs:
+            p.zrem(TYPING, f"{channel}|{user}")
+            p.srem(_ty(user), channel)
+        res = await p.execute()
+        return [bool(res[i]) for i in range(0, len(res), 2)]
+
     async def typing_channels(self, user: str) -> list[str]:
         return (await self.typing_channels_of([user]))[user]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import redis.exceptions
+from prometheus_client import Counter
 
 from libs.bus import schemas, subjects
 from libs.bus.client import Bus
@@ -21,6 +22,27 @@ from services.presence.presence import PresenceService
 
 log = logging.getLogger(__name__)
 _heartbeat = msgspec.json.Decoder(schemas.NodeHeartbeat)
+
+
+class _Author(msgspec.Struct):
+    id: str
+
+
+class _Message(msgspec.Struct):
+    author: _Author
+
+
+class _Created(msgspec.Struct):
+    """What presence reads of a `message.created` event (the rest is skipped)."""
+
+    channel_id: str
+    message: _Message
+
+
+_created = msgspec.json.Decoder(_Created)
+TYPING_END_FAILURES = Counter("chat_presence_typing_end_failures_total",
+                              "message.created events whose typing end failed or could not be read", ["reason"])
+TYPING_END_CHUNK = 500  # (user, channel) pairs per Redis round trip
 MAX_BATCH = 1000  # sessions per session_open_many / session_close_many request
 
 
@@ -30,6 +52,8 @@ class PresenceHandlers:
         self.bus = bus
         self.breaker = breaker
         self.timeout_s = timeout_s
+        self._sent: list[tuple[str, str]] = []  # (author, channel) of messages seen, not yet handled
+        self._ending: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def redis(self) -> AsyncIterator[None]:
@@ -61,6 +85,7 @@ class PresenceHandlers:
         for op, fn, typ in table:
             await self.bus.serve(subjects.service_request("presence", op), self._wrap(fn), typ, queue=q)
         await self.bus.subscribe(subjects.node_heartbeat(), self.on_heartbeat, queue=q)
+        await self.bus.subscribe(subjects.domain_event("message.created"), self.on_message_created, queue=q)
 
     async def session_close(self, req: schemas.SessionClose) -> schemas.Empty:
         await self.p.close(req.user_id, req.session_id, req.node)
@@ -99,6 +124,30 @@ class PresenceHandlers:
     async def node_sessions(self, req: schemas.NodeSessions) -> schemas.Empty:
         await self.p.node_sessions(req)
         return schemas.Empty()
+
+    async def on_message_created(self, msg: Any) -> None:
+        """A sent message ends its author's typing in that channel, whichever session or
+        node it came from. Events of one moment are handled together, off the
+        subscription's callback (which would otherwise hold the next event)."""
+        try:
+            ev = _created.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            TYPING_END_FAILURES.labels("undecodable").inc()
+            log.warning("undecodable message.created event: %s", exc)
+            return
+        self._sent.append((ev.message.author.id, ev.channel_id))
+        if self._ending is None or self._ending.done():
+            self._ending = asyncio.create_task(self._end_typing(), name="presence-typing-sent")
+
+    async def _end_typing(self) -> None:
+        while self._sent:
+            batch, self._sent = self._sent[:TYPING_END_CHUNK], self._sent[TYPING_END_CHUNK:]
+            try:
+                async with self.redis():
+                    await asyncio.wait_for(self.p.typing_stop_many(batch, "sent"), self.timeout_s * 5)
+            except Exception as exc:
+                TYPING_END_FAILURES.labels("store").inc(len(batch))
+                log.warning("typing not ended for %d sent messages: %s: %s", len(batch), type(exc).__name__, exc)
 
     async def on_heartbeat(self, msg: Any) -> None:
         try:
