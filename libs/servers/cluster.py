@@ -147,12 +147,17 @@ class Cluster:
         return [p for p in self.processes if p.module == "gateway"]
 
     def stop(self) -> dict[str, int | None]:
+        """Gateways first (their drain and their sockets' cleanup still reach presence and
+        messaging), then the services; each group is signalled at once."""
         codes = {}
-        for p in reversed(self.processes):
-            if p.proc is not None and p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in reversed(self.processes):
-            codes[p.name] = p.terminate()
+        gateways = [p for p in reversed(self.processes) if p.module == "gateway"]
+        services = [p for p in reversed(self.processes) if p.module != "gateway"]
+        for group in (gateways, services):
+            for p in group:
+                if p.proc is not None and p.proc.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM)
+            for p in group:
+                codes[p.name] = p.terminate()
         return codes
 
 
