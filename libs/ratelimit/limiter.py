@@ -159,9 +159,10 @@ class RateLimiter:
         self._prober: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Probe Redis while the breaker is open, so it closes again without traffic."""
+        """Probe Redis while the breaker is open, so it closes again without traffic. At most
+        5 s apart: a ping is cheap, and until it answers every node limits on its own."""
         if self.batched is not None and self._prober is None:
-            self._prober = self.breaker.start_prober(self._ping, Backoff())
+            self._prober = self.breaker.start_prober(self._ping, Backoff(initial=0.5, maximum=5.0))
 
     async def _ping(self) -> bool:
         assert self.batched is not None
