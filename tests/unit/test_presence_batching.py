@@ -107,3 +107,32 @@ async def test_store_batch_matches_one_at_a_time(servers):
     finally:
         await store.typing_stop(p + "b", "c9")
         await r.aclose()
+
+
+async def test_a_batch_is_split_to_stay_under_the_bus_payload_limit():
+    """256 sessions with 1,000 contacts each would be a 3 MB request (NATS refuses over 1 MB):
+    the batch goes as several requests of at most 8,000 ids, answered in order."""
+    from libs.bus.schemas import dumps
+    from services.gateway.transport.presence_events import IDS_PER_REQUEST, by_ids
+
+    sessions = [schemas.SessionOpen(user=schemas.UserRef(id=f"u{i}", name="n"), session_id=f"s{i}", node="gw-1",
+                                    guild_ids=[f"{g}" for g in range(5)],
+                                    contact_ids=[f"contact-{i}-{k}" for k in range(1000)]) for i in range(256)]
+    chunks = by_ids(sessions)
+    assert [s for c in chunks for s in c] == sessions
+    assert all(sum(1 + len(s.guild_ids) + len(s.contact_ids) for s in c) <= IDS_PER_REQUEST for c in chunks)
+    assert max(len(dumps(schemas.SessionOpenMany(sessions=c))) for c in chunks) < 300_000
+    assert by_ids([]) == [] and len(by_ids(sessions[:1], limit=10)) == 1  # too big alone: still sent
+
+    seen: list[int] = []
+
+    async def request(service: str, op: str, payload: Any, reply_type: type) -> Any:
+        seen.append(len(payload.sessions))
+        return schemas.SessionOpenManyReply(replies=[
+            schemas.SessionOpenReply(presences=[schemas.Presence(user_id=s.user.id, status="online")])
+            for s in payload.sessions])
+
+    feature = PresenceFeature(SimpleNamespace(request=request, node_id="gw-1"))  # type: ignore[arg-type]
+    replies = await feature._open_batch(sessions)
+    assert len(seen) == len(chunks) > 1
+    assert [r.presences[0].user_id for r in replies] == [f"u{i}" for i in range(256)]

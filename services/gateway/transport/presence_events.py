@@ -45,6 +45,24 @@ def register(gw: SocketGateway) -> None:
     gw.background.append(feature.heartbeat_loop)
 
 
+IDS_PER_REQUEST = 8000  # user and guild ids in one presence request: about 100 KB, replies under 1 MB
+
+
+def by_ids(sessions: list[schemas.SessionOpen], limit: int = IDS_PER_REQUEST) -> list[list[schemas.SessionOpen]]:
+    """Consecutive chunks of ``sessions`` carrying at most ``limit`` ids each (a session
+    with more goes alone)."""
+    chunks: list[list[schemas.SessionOpen]] = []
+    size = limit
+    for s in sessions:
+        n = 1 + len(s.guild_ids) + len(s.friend_ids) + len(s.contact_ids)
+        if size + n > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(s)
+        size += n
+    return chunks
+
+
 class PresenceFeature:
     def __init__(self, gw: SocketGateway) -> None:
         self.gw = gw
@@ -58,9 +76,13 @@ class PresenceFeature:
             max_inflight=SESSION_BATCHES_INFLIGHT, size_metric=PRESENCE_BATCH)
 
     async def _open_batch(self, batch: list[schemas.SessionOpen]) -> list[schemas.SessionOpenReply]:
-        reply = await self.gw.request("presence", Ops.SESSION_OPEN_MANY, schemas.SessionOpenMany(sessions=batch),
-                                      schemas.SessionOpenManyReply)
-        return reply.replies
+        # Requests (and their replies of presences) stay well under NATS' 1 MB payload limit.
+        async def one(chunk: list[schemas.SessionOpen]) -> list[schemas.SessionOpenReply]:
+            reply = await self.gw.request("presence", Ops.SESSION_OPEN_MANY, schemas.SessionOpenMany(sessions=chunk),
+                                          schemas.SessionOpenManyReply)
+            return reply.replies
+        parts = await asyncio.gather(*(one(chunk) for chunk in by_ids(batch)))
+        return [reply for part in parts for reply in part]
 
     async def _close_batch(self, batch: list[schemas.SessionClose]) -> list[None]:
         await self.gw.request("presence", Ops.SESSION_CLOSE_MANY, schemas.SessionCloseMany(sessions=batch),
@@ -126,11 +148,11 @@ class PresenceFeature:
 
     async def resync(self, _ctl: schemas.GatewayControl) -> None:
         """Presence lost track of this node's sessions (Redis or presence was away)."""
-        sessions = list(self.gw.sessions.by_sid.values())
+        sessions = [self._open(s, []) for s in self.gw.sessions.by_sid.values()]
         generation = secrets.token_hex(6)
         log.info("re-registering %d sessions with presence", len(sessions))
-        chunks = [sessions[i:i + RESYNC_CHUNK] for i in range(0, len(sessions), RESYNC_CHUNK)] or [[]]
+        chunks = [c for i in range(0, len(sessions), RESYNC_CHUNK) for c in by_ids(sessions[i:i + RESYNC_CHUNK])]
+        chunks = chunks or [[]]
         for i, chunk in enumerate(chunks):
             await self._call(Ops.NODE_SESSIONS, schemas.NodeSessions(
-                node=self.gw.node_id, generation=generation, sessions=[self._open(s, []) for s in chunk],
-                final=i == len(chunks) - 1))
+                node=self.gw.node_id, generation=generation, sessions=chunk, final=i == len(chunks) - 1))
