@@ -23,6 +23,7 @@ from services.gateway import metrics
 from services.gateway.transport.openapi import OPENAPI_JSON
 
 log = logging.getLogger(__name__)
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # shared: a WebSocket's request holds it for its lifetime
 _tracer = trace.get_tracer(__name__)
 
 USER_KEY: web.RequestKey[schemas.UserRef] = web.RequestKey("user", schemas.UserRef)
@@ -108,7 +109,7 @@ class HttpApi:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "<none>"
         # Engine.IO requests get no span: a WebSocket's request lasts as long as the
         # connection (its events have spans of their own).
-        span_cm = nullcontext(trace.INVALID_SPAN) if request.path.startswith("/socket.io/") else \
+        span_cm = _NO_SPAN if request.path.startswith("/socket.io/") else \
             tracing.span(_tracer, f"http {request.method} {route}")
         with span_cm as span:
             try:

@@ -178,8 +178,8 @@ class SocketGateway:
         for g in ready.guilds:
             await self.sio.enter_room(sid, guild_room(g.id))
             session.guilds.add(g.id)
-        session.friends = set(ready.friend_ids)
-        session.presence_guilds = set(ready.presence_guild_ids)
+        session.friends = frozenset(ready.friend_ids)
+        session.presence_guilds = frozenset(ready.presence_guild_ids)
         await self.sio.enter_room(sid, user_room(user.id))
         self.sessions.add(session)
         self._pending_ready[sid] = {
