@@ -170,7 +170,8 @@ class OurStack:
         self.n += 1
         # the messaging service's Socket.IO emits travel over the same Redis; a fresh
         # channel name per start keeps runs apart
-        self.cluster = start_cluster(self.servers, f"bench-{self.n}", **self.env)
+        # production settings, except the rate limits (every client comes from 127.0.0.1)
+        self.cluster = start_cluster(self.servers, f"bench-{self.n}", test_timings=False, **self.env)
 
     @property
     def urls(self) -> list[str]:
@@ -482,8 +483,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     w("Each runs as two nodes sharing one Redis, started fresh for every scenario.")
     w("")
     w("- **this project** — two gateways (python-socketio + the resilient Redis adapter, uvloop) plus the "
-      "messaging, presence, voice-bridge and moderation services, on NATS, Redis and Postgres; rate limits "
-      "relaxed. Messages go through `message:send` → messaging (persisted in Postgres, `seq` assigned) → "
+      "messaging, presence, voice-bridge and moderation services, on NATS, Redis and Postgres, with their "
+      "default settings except the rate limits, which are relaxed (every client connects from 127.0.0.1). "
+      "Messages go through `message:send` → messaging (persisted in Postgres, `seq` assigned) → "
       "`message:created` to the channel's room.")
     w("- **Node Socket.IO 4** — `bench/peers/node_server.mjs`: `socket.io` + `@socket.io/redis-adapter`; "
       "`send` broadcasts to a room, nothing stored, nothing checked.")

@@ -73,10 +73,13 @@ def relaxed_rate_limits() -> dict[str, str]:
 
 
 def start_cluster(servers: Servers, name: str, gateways: int = 2, default_limits: bool = False,
-                  **env: str) -> Cluster:
-    """``default_limits``: keep the production rate limits (tests of rate limiting)."""
-    base_env = {"CHAT_JWT_SECRET": JWT_SECRET, "CHAT_ADMIN_TOKEN": "test-admin-token",
-                "CHAT_LOG_LEVEL": "INFO", "CHAT_TYPING_TTL_S": "3", "CHAT_OFFLINE_GRACE_S": str(OFFLINE_GRACE_S), **({} if default_limits else relaxed_rate_limits()), **env}
+                  test_timings: bool = True, **env: str) -> Cluster:
+    """``default_limits``: keep the production rate limits (tests of rate limiting).
+    ``test_timings``: short typing expiry and offline grace, so tests need not wait for the
+    production ones (benchmarks keep the defaults)."""
+    timings = {"CHAT_TYPING_TTL_S": "3", "CHAT_OFFLINE_GRACE_S": str(OFFLINE_GRACE_S)} if test_timings else {}
+    base_env = {"CHAT_JWT_SECRET": JWT_SECRET, "CHAT_ADMIN_TOKEN": "test-admin-token", "CHAT_LOG_LEVEL": "INFO",
+                **timings, **({} if default_limits else relaxed_rate_limits()), **env}
     cluster = Cluster(servers.nats.url, servers.redis.url, servers.new_database(),
                       servers.base / f"logs-{name}", base_env=base_env)
     try:
@@ -120,7 +123,7 @@ def own_stack(run_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
         name = f"{request.node.name[:40]}-{len(made)}".replace("/", "_").replace("[", "_").replace("]", "_")
         srv = start_servers(run_dir / name)
         try:
-            c = start_cluster(srv, name, gateways, default_limits, **env)
+            c = start_cluster(srv, name, gateways, default_limits, True, **env)
         except Exception:
             srv.stop()
             raise
