@@ -1,21 +1,17 @@
-"""Presence session batching: the gateway's opens and closes that arrive while earlier
-ones are in flight go to presence in one request; presence records a batch in one Redis
-transaction with the same results as one session at a time."""
+"""Presence session batching in the gateway: the opens and closes that arrive while
+earlier ones are in flight go to presence in one request, split to stay under the bus's
+payload limit. (The store's side, against Redis: tests/e2e/test_presence_store.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from libs.bus import schemas
 from libs.bus.subjects import PresenceOps
 from services.gateway.adapters.sessions import Session
 from services.gateway.transport.presence_events import PresenceFeature
-from services.presence.adapters.presence_store import PresenceStore
 
 
 class Presence:
@@ -76,37 +72,6 @@ async def test_a_failed_batch_fails_each_session_softly():
     await asyncio.gather(*(feature.on_connect(_session(i), ready, payload) for i in range(3)))
     assert payload == {"presences": []}  # `ready` goes out without presences, the connect goes on
     await feature.on_disconnect(_session(1), True)
-
-
-async def test_store_batch_matches_one_at_a_time(servers):
-    r = aioredis.from_url(servers.redis.url)
-    store = PresenceStore(r, key_ttl_s=60)
-    p = f"pb{time.time_ns()}-"
-    try:
-        opened = await store.open_sessions([
-            (p + "a", "s1", "n1", ["g1"], []),
-            (p + "b", "s2", "n1", [], [p + "a"]),
-            (p + "a", "s3", "n2", ["g1"], []),  # a's second session sees the first
-        ])
-        assert [before for before, _ in opened] == [0, 0, 1]
-        # again: the same session is not counted twice (one other session before it)
-        assert await store.open_session(p + "a", "s1", "n1", ["g1"], []) == (1, {})
-        assert await store.session_count(p + "a") == 2
-        assert await store.node_sessions("n1") >= 2
-        await store.typing_start(p + "b", "c9", 30)
-        assert await store.typing_channels_of([p + "a", p + "b"]) == {p + "a": [], p + "b": ["c9"]}
-        assert await store.close_sessions([(p + "a", "s1", "n1"), (p + "b", "s2", "n1"), (p + "a", "nope", "n1"),
-                                           (p + "a", "s3", "n2")]) == [1, 0, -1, 0]
-        await store.offline_later([p + "a", p + "b"], time.time() - 1)
-        assert set(await store.offline_due(time.time())) >= {p + "a", p + "b"}
-        assert await store.open_sessions([]) == [] and await store.close_sessions([]) == []
-        # back within the grace: no longer due to be announced offline
-        await store.offline_later([p + "c"], time.time() - 1)
-        await store.open_sessions([(p + "c", "s9", "n1", [], [])])
-        assert p + "c" not in await store.offline_due(time.time())
-    finally:
-        await store.typing_stop(p + "b", "c9")
-        await r.aclose()
 
 
 async def test_a_batch_is_split_to_stay_under_the_bus_payload_limit():
