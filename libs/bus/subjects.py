@@ -52,6 +52,11 @@ def domain_event(kind: str) -> str:
     return f"chat.events.{kind}"
 
 
+def message_created() -> str:
+    """Where messaging's outbox publishes each stored message (presence ends typing on it)."""
+    return domain_event("message.created")
+
+
 def metric_label(subject: str) -> str:
     """A bounded label for metrics: node ids are collapsed."""
     parts = subject.split(".")

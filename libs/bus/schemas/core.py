@@ -101,6 +101,16 @@ class Pong(Struct):
 
 
 # -- messaging requests -----------------------------------------------------------------
+class MessageCreated(Struct):
+    """Body of ``chat.events.message.created`` (the outbox's JetStream event, also seen by
+    core subscribers): the live ``message:created`` payload plus its event id."""
+
+    event_id: str
+    channel_id: str
+    seq: int
+    message: Message
+
+
 class ReadyRequest(Struct):
     user: UserRef
 

@@ -204,7 +204,7 @@ class Store:
             rows = await conn.fetch(
                 "SELECT * FROM chat_create_messages($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
                 "$6::jsonb[], $7::jsonb[], $8::jsonb[], $9::bigint[], $10::timestamptz[], $11::jsonb[], $12::uuid[], "
-                "$13)", *(list(c) for c in cols), subjects.domain_event("message.created"))
+                "$13)", *(list(c) for c in cols), subjects.message_created())
         out: list[asyncpg.Record | None] = [None] * len(batch)
         for r in rows:
             out[r["o_i"] - 1] = r

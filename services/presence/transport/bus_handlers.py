@@ -24,22 +24,7 @@ log = logging.getLogger(__name__)
 _heartbeat = msgspec.json.Decoder(schemas.NodeHeartbeat)
 
 
-class _Author(msgspec.Struct):
-    id: str
-
-
-class _Message(msgspec.Struct):
-    author: _Author
-
-
-class _Created(msgspec.Struct):
-    """What presence reads of a `message.created` event (the rest is skipped)."""
-
-    channel_id: str
-    message: _Message
-
-
-_created = msgspec.json.Decoder(_Created)
+_created = msgspec.json.Decoder(schemas.MessageCreated)
 TYPING_END_FAILURES = Counter("chat_presence_typing_end_failures_total",
                               "message.created events whose typing end failed or could not be read", ["reason"])
 TYPING_END_CHUNK = 500  # (user, channel) pairs per Redis round trip
@@ -85,7 +70,7 @@ class PresenceHandlers:
         for op, fn, typ in table:
             await self.bus.serve(subjects.service_request("presence", op), self._wrap(fn), typ, queue=q)
         await self.bus.subscribe(subjects.node_heartbeat(), self.on_heartbeat, queue=q)
-        await self.bus.subscribe(subjects.domain_event("message.created"), self.on_message_created, queue=q)
+        await self.bus.subscribe(subjects.message_created(), self.on_message_created, queue=q)
 
     async def session_close(self, req: schemas.SessionClose) -> schemas.Empty:
         await self.p.close(req.user_id, req.session_id, req.node)
