@@ -85,9 +85,9 @@ class PresenceService:
         gone = list(dict.fromkeys(r.user_id for r, left in zip(reqs, lefts, strict=True) if left == 0))
         if not gone:
             return
-        for user_id, channels in (await self.store.typing_channels_of(gone)).items():
-            for channel in channels:
-                await self.typing_stop(user_id, channel, reason)
+        typing = await self.store.typing_channels_of(gone)
+        await self.typing_stop_many([(user, channel) for user, channels in typing.items() for channel in channels],
+                                    reason)
         if reason == "disconnect" and self.offline_grace_s > 0:
             # A client that reconnects within the grace (a network blip, a deploy, a
             # reconnect storm) is never shown offline and back: the sweep announces
@@ -146,14 +146,13 @@ class PresenceService:
         self.sweep_wakeup.set()
 
     async def typing_stop(self, user_id: str, channel_id: str, reason: str = "sent") -> None:
-        if await self.store.typing_stop(user_id, channel_id):
-            await self.emitter.emit("typing:stop", {"channel_id": channel_id, "user_id": user_id},
-                                    room=channel_room(channel_id), namespace="/")
-            TYPING_STOPS.labels(reason).inc()
+        await self.typing_stop_many([(user_id, channel_id)], reason)
 
     async def typing_stop_many(self, pairs: list[tuple[str, str]], reason: str) -> None:
         """End the typing of (user, channel) pairs (one Redis round trip); those that were
-        typing are announced to their channel."""
+        typing (exactly one caller wins each) are announced to their channel."""
+        if not pairs:
+            return
         pairs = list(dict.fromkeys(pairs))
         for (user_id, channel_id), stopped in zip(pairs, await self.store.typing_stop_many(pairs), strict=True):
             if stopped:
@@ -168,8 +167,7 @@ class PresenceService:
             await self.announce(user)
             OFFLINE_AFTER_GRACE.inc()
         expired = await self.store.typing_expired(time.time())
-        for channel, user in expired:
-            await self.typing_stop(user, channel, "expired")
+        await self.typing_stop_many([(user, channel) for channel, user in expired], "expired")
         if expired:
             metrics.CLEANUP_REMOVED.labels("typing").inc(len(expired))
         metrics.CLEANUP_RUNS.labels("typing").inc()

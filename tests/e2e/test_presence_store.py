@@ -22,11 +22,13 @@ async def test_store_batch_matches_one_at_a_time(servers):
         ])
         assert [before for before, _ in opened] == [0, 0, 1]
         # again: the same session is not counted twice (one other session before it)
-        assert await store.open_session(p + "a", "s1", "n1", ["g1"], []) == (1, {})
+        assert await store.open_sessions([(p + "a", "s1", "n1", ["g1"], [])]) == [(1, {})]
         assert await store.session_count(p + "a") == 2
         assert await store.node_sessions("n1") >= 2
         await store.typing_start(p + "b", "c9", 30)
         assert await store.typing_channels_of([p + "a", p + "b"]) == {p + "a": [], p + "b": ["c9"]}
+        assert await store.typing_stop_many([(p + "b", "c9"), (p + "b", "c9")]) == [True, False]  # one wins
+        assert await store.typing_channels_of([p + "b"]) == {p + "b": []}
         assert await store.close_sessions([(p + "a", "s1", "n1"), (p + "b", "s2", "n1"), (p + "a", "nope", "n1"),
                                            (p + "a", "s3", "n2")]) == [1, 0, -1, 0]
         await store.offline_later([p + "a", p + "b"], time.time() - 1)
@@ -37,5 +39,4 @@ async def test_store_batch_matches_one_at_a_time(servers):
         await store.open_sessions([(p + "c", "s9", "n1", [], [])])
         assert p + "c" not in await store.offline_due(time.time())
     finally:
-        await store.typing_stop(p + "b", "c9")
         await r.aclose()

@@ -76,12 +76,6 @@ class PresenceStore:
         self._many_script = redis.register_script(MANY_LUA)
 
     # -- sessions ------------------------------------------------------------------------
-    async def open_session(self, user: str, session_id: str, node: str, guilds: list[str],
-                           friends: list[str]) -> tuple[int, dict[str, Any]]:
-        """Record a session; returns the user's session count before it and their chosen
-        status (one round trip)."""
-        return (await self.open_sessions([(user, session_id, node, guilds, friends)]))[0]
-
     async def open_sessions(self, sessions: list[tuple[str, str, str, list[str], list[str]]]
                             ) -> list[tuple[int, dict[str, Any]]]:
         """Record sessions (user, session, node, guilds, friends), all in one round trip and
@@ -112,10 +106,6 @@ class PresenceStore:
         step = 7  # commands per session above
         return [(int(res[i]) - (0 if res[i + 1] else 1), _chosen(res[i + step - 1]))
                 for i in range(0, step * len(sessions), step)]
-
-    async def close_session(self, user: str, session_id: str, node: str) -> int:
-        """Forget a session; returns how many sessions the user has left (-1 if unknown)."""
-        return (await self.close_sessions([(user, session_id, node)]))[0]
 
     async def close_sessions(self, sessions: list[tuple[str, str, str]]) -> list[int]:
         """Forget sessions (user, session, node) in one round trip; for each, how many
@@ -216,25 +206,15 @@ class PresenceStore:
         added, _, _ = await p.execute()
         return bool(added)
 
-    async def typing_stop(self, user: str, channel: str) -> bool:
-        """True when this call ended the typing (exactly one caller wins)."""
-        p = self.r.pipeline(transaction=True)
-        p.zrem(TYPING, f"{channel}|{user}")
-        p.srem(_ty(user), channel)
-        removed, _ = await p.execute()
-        return bool(removed)
-
     async def typing_stop_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        """``typing_stop`` for (user, channel) pairs in one round trip."""
-        p = self.r.pipeline(transaction=False)
+        """End the typing of (user, channel) pairs in one transaction; for each, True when
+        this call ended it (exactly one caller wins)."""
+        p = self.r.pipeline(transaction=True)
         for user, channel in pairs:
             p.zrem(TYPING, f"{channel}|{user}")
             p.srem(_ty(user), channel)
         res = await p.execute()
         return [bool(res[i]) for i in range(0, len(res), 2)]
-
-    async def typing_channels(self, user: str) -> list[str]:
-        return (await self.typing_channels_of([user]))[user]
 
     async def typing_channels_of(self, users: list[str]) -> dict[str, list[str]]:
         """The channels each user is typing in (one round trip)."""
