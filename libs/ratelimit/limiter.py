@@ -43,12 +43,14 @@ class SharedMovingWindow:
     One check at a time through ``MovingWindowRateLimiter.hit`` cost a gateway about
     180 µs of CPU in redis-py (a pool checkout, a command, a reply), a seventh of its
     CPU at 1,000 messages/s. Alone, a check still goes at once; under load they share a
-    round trip. The results are the library's: same script, same keys, so
-    ``get_window_stats`` of the library sees these hits.
+    round trip. The results are the library's: same script, same keys, so the library's
+    own ``MovingWindowRateLimiter`` (``self.library``, which answers ``get_window_stats``)
+    sees these hits.
     """
 
     def __init__(self, storage: RedisStorage, pool: aioredis.BlockingConnectionPool, *,
                  max_batch: int = 256, max_inflight: int = 2) -> None:
+        self.library = MovingWindowRateLimiter(storage)
         self.bridge = storage.bridge
         self.redis = aioredis.Redis(connection_pool=pool)
         self.script = self.redis.register_script(self.bridge.SCRIPT_ACQUIRE_MOVING_WINDOW)
@@ -59,23 +61,26 @@ class SharedMovingWindow:
         key = self.bridge.prefixed_key(item.key_for(*identifiers))
         return await self.batches.submit((key, item.amount, item.get_expiry()))
 
+    async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        return await self.library.get_window_stats(item, *identifiers)
+
     async def _acquire(self, batch: list[tuple[str, int, int]]) -> list[bool]:
         try:
-            for attempt in (1, 2):
-                pipe = self.redis.pipeline(transaction=False)
-                now = time.time()
-                for key, limit, expiry in batch:
-                    pipe.evalsha(self.script.sha, 1, key, now, limit, expiry, 1)  # type: ignore[no-untyped-call]
-                try:
-                    return [bool(acquired) for acquired in await pipe.execute()]
-                except redis.exceptions.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    await self.redis.script_load(self.script.script)  # Redis restarted: scripts are gone
+            try:
+                return await self._pipeline(batch)
+            except redis.exceptions.NoScriptError:
+                await self.redis.script_load(self.script.script)  # Redis restarted: scripts are gone
+                return await self._pipeline(batch)
         except (redis.exceptions.RedisError, OSError) as exc:
             # Unavailable fails the whole batch at once (no retry one check at a time).
             raise Unavailable(f"rate-limit store unavailable ({type(exc).__name__})") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pipeline(self, batch: list[tuple[str, int, int]]) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for key, limit, expiry in batch:
+            pipe.evalsha(self.script.sha, 1, key, now, limit, expiry, 1)  # type: ignore[no-untyped-call]
+        return [bool(acquired) for acquired in await pipe.execute()]
 
 
 class LocalMovingWindow:
@@ -138,8 +143,7 @@ class RateLimiter:
         self.breaker = breaker or CircuitBreaker("redis-ratelimit")
         self.timeout_s = timeout_s
         self.local = LocalMovingWindow()
-        self.shared: MovingWindowRateLimiter | None = None
-        self.batched: SharedMovingWindow | None = None
+        self.shared: SharedMovingWindow | None = None
         self.pool: aioredis.BlockingConnectionPool | None = None
         if redis_url:
             # A bounded pool: a burst of checks (a reconnect storm) waits for one of
@@ -153,20 +157,19 @@ class RateLimiter:
             storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
                                    connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py
                                    wrap_exceptions=True)
-            self.shared = MovingWindowRateLimiter(storage)  # window stats (retry_after_ms)
-            self.batched = SharedMovingWindow(storage, self.pool)
+            self.shared = SharedMovingWindow(storage, self.pool)
 
         self._prober: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Probe Redis while the breaker is open, so it closes again without traffic. At most
         5 s apart: a ping is cheap, and until it answers every node limits on its own."""
-        if self.batched is not None and self._prober is None:
+        if self.shared is not None and self._prober is None:
             self._prober = self.breaker.start_prober(self._ping, Backoff(initial=0.5, maximum=5.0))
 
     async def _ping(self) -> bool:
-        assert self.batched is not None
-        return bool(await self.batched.redis.ping())
+        assert self.shared is not None
+        return bool(await self.shared.redis.ping())
 
     async def close(self) -> None:
         if self._prober is not None:
@@ -183,11 +186,11 @@ class RateLimiter:
         item = self.rules.get(rule)
         if item is None:
             return
-        limiter: MovingWindowRateLimiter | LocalMovingWindow = self.local
-        if self.shared is not None and self.batched is not None and self.breaker.allow():
+        limiter: SharedMovingWindow | LocalMovingWindow = self.local
+        if self.shared is not None and self.breaker.allow():
             try:
                 async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
-                    allowed = await self.batched.hit(item, rule, key)
+                    allowed = await self.shared.hit(item, rule, key)
                 self.breaker.record_success()
                 limiter = self.shared
             except asyncio.CancelledError:
@@ -205,7 +208,7 @@ class RateLimiter:
             REJECTED.labels(rule).inc()
             raise RateLimited(f"too many {rule} requests", await self._retry_after_ms(limiter, item, rule, key))
 
-    async def _retry_after_ms(self, limiter: MovingWindowRateLimiter | LocalMovingWindow, item: RateLimitItem,
+    async def _retry_after_ms(self, limiter: SharedMovingWindow | LocalMovingWindow, item: RateLimitItem,
                               rule: str, key: str) -> int:
         try:
             stats = await asyncio.wait_for(limiter.get_window_stats(item, rule, key), self.timeout_s)
