@@ -20,9 +20,16 @@ class Presence:
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
         self.release = asyncio.Event()
+        self.arrived = asyncio.Condition()
+
+    async def wait_requests(self, n: int) -> None:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.requests) >= n), 5)
 
     async def request(self, service: str, op: str, payload: Any, reply_type: type) -> Any:
         self.requests.append((op, payload))
+        async with self.arrived:
+            self.arrived.notify_all()
         await self.release.wait()
         if op == PresenceOps.SESSION_OPEN_MANY:
             return schemas.SessionOpenManyReply(replies=[
@@ -41,7 +48,7 @@ async def test_opens_and_closes_that_arrive_while_others_are_in_flight_go_togeth
     ready = schemas.ReadyReply(user=schemas.UserRef(id="x", name="x"), guilds=[], channels=[])
     payloads: list[dict[str, Any]] = [{} for _ in range(10)]
     opens = [asyncio.create_task(feature.on_connect(_session(i), ready, payloads[i])) for i in range(10)]
-    await asyncio.sleep(0.05)
+    await presence.wait_requests(2)
     # Two batches in flight (one session each); the other eight wait for the next one.
     assert [len(p.sessions) for _, p in presence.requests] == [1, 1]
     presence.release.set()
@@ -54,7 +61,7 @@ async def test_opens_and_closes_that_arrive_while_others_are_in_flight_go_togeth
     presence.requests.clear()
     presence.release.clear()
     closes = [asyncio.create_task(feature.on_disconnect(_session(i), True)) for i in range(5)]
-    await asyncio.sleep(0.05)
+    await presence.wait_requests(2)
     presence.release.set()
     await asyncio.gather(*closes)
     assert [len(p.sessions) for _, p in presence.requests] == [1, 1, 3]
@@ -88,6 +95,7 @@ async def test_a_batch_is_split_to_stay_under_the_bus_payload_limit():
     assert all(sum(1 + len(s.guild_ids) + len(s.contact_ids) for s in c) <= IDS_PER_REQUEST for c in chunks)
     assert max(len(dumps(schemas.SessionOpenMany(sessions=c))) for c in chunks) < 300_000
     assert by_ids([]) == [] and len(by_ids(sessions[:1], limit=10)) == 1  # too big alone: still sent
+    assert [len(c) for c in by_ids(sessions[:5], limit=10**6, max_sessions=2)] == [2, 2, 1]
 
     seen: list[int] = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -48,14 +49,15 @@ def register(gw: SocketGateway) -> None:
 IDS_PER_REQUEST = 8000  # user and guild ids in one presence request: about 100 KB, replies under 1 MB
 
 
-def by_ids(sessions: list[schemas.SessionOpen], limit: int = IDS_PER_REQUEST) -> list[list[schemas.SessionOpen]]:
+def by_ids(sessions: list[schemas.SessionOpen], limit: int = IDS_PER_REQUEST,
+           max_sessions: int | None = None) -> list[list[schemas.SessionOpen]]:
     """Consecutive chunks of ``sessions`` carrying at most ``limit`` ids each (a session
-    with more goes alone)."""
+    with more goes alone), and at most ``max_sessions`` sessions when given."""
     chunks: list[list[schemas.SessionOpen]] = []
     size = limit
     for s in sessions:
         n = 1 + len(s.guild_ids) + len(s.friend_ids) + len(s.contact_ids)
-        if size + n > limit:
+        if size + n > limit or (max_sessions is not None and len(chunks[-1]) >= max_sessions):
             chunks.append([])
             size = 0
         chunks[-1].append(s)
@@ -89,9 +91,11 @@ class PresenceFeature:
                               schemas.Empty)
         return [None] * len(batch)
 
-    async def _batched(self, op: str, batcher: GroupCommit[Any, Any], item: Any) -> Any:
+    @staticmethod
+    async def _soft(op: str, call: Awaitable[Any]) -> Any:
+        """A presence call whose failure costs only presence: counted, logged, None."""
         try:
-            return await batcher.submit(item)
+            return await call
         except Exception as exc:
             PRESENCE_FAILURES.labels(op).inc()
             log.warning("presence %s failed: %s", op, exc)
@@ -103,21 +107,16 @@ class PresenceFeature:
                                    contact_ids=contacts, announce=announce)
 
     async def _call(self, op: str, req: Any, reply: type = schemas.Empty) -> Any:
-        try:
-            return await self.gw.request("presence", op, req, reply)
-        except Exception as exc:
-            PRESENCE_FAILURES.labels(op).inc()
-            log.warning("presence %s failed: %s", op, exc)
-            return None
+        return await self._soft(op, self.gw.request("presence", op, req, reply))
 
     async def on_connect(self, s: Session, ready: schemas.ReadyReply, payload: dict[str, Any]) -> None:
-        reply = await self._batched(Ops.SESSION_OPEN, self._opens, self._open(s, ready.contact_ids))
+        reply = await self._soft(Ops.SESSION_OPEN, self._opens.submit(self._open(s, ready.contact_ids)))
         if reply is not None:
             payload["presences"] = msgspec.to_builtins(reply.presences)
 
     async def on_disconnect(self, s: Session, last: bool) -> None:
-        await self._batched(Ops.SESSION_CLOSE, self._closes, schemas.SessionClose(
-            user_id=s.user_id, session_id=s.session_id, node=self.gw.node_id))
+        await self._soft(Ops.SESSION_CLOSE, self._closes.submit(schemas.SessionClose(
+            user_id=s.user_id, session_id=s.session_id, node=self.gw.node_id)))
 
     async def typing_start(self, s: Session, m: p.ChannelRef) -> Ack:
         if m.channel_id not in s.channels:
@@ -151,8 +150,7 @@ class PresenceFeature:
         sessions = [self._open(s, []) for s in self.gw.sessions.by_sid.values()]
         generation = secrets.token_hex(6)
         log.info("re-registering %d sessions with presence", len(sessions))
-        chunks = [c for i in range(0, len(sessions), RESYNC_CHUNK) for c in by_ids(sessions[i:i + RESYNC_CHUNK])]
-        chunks = chunks or [[]]
+        chunks = by_ids(sessions, max_sessions=RESYNC_CHUNK) or [[]]
         for i, chunk in enumerate(chunks):
             await self._call(Ops.NODE_SESSIONS, schemas.NodeSessions(
                 node=self.gw.node_id, generation=generation, sessions=chunk, final=i == len(chunks) - 1))
