@@ -41,6 +41,18 @@ log = logging.getLogger(__name__)
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
 
+# The environ key under which :mod:`libs.sio.ws_server` offers its connection to the
+# Engine.IO socket that takes the WebSocket.
+FRONT_KEY = "chat.ws_front"
+_tasks: set[asyncio.Future[Any]] = set()  # the loop holds tasks weakly
+
+
+def spawn(coro: Any) -> None:
+    """Run ``coro`` as a task kept referenced until it ends."""
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
 
 def ws_frame(payload: bytes, binary: bool = False) -> bytes:
     """One unmasked, final WebSocket frame (what a server sends) carrying ``payload``."""
@@ -132,10 +144,10 @@ class WriteBatcher:
     frame per recipient."""
 
     def __init__(self) -> None:
-        self._dirty: list[DirectWebSocket] = []
+        self._dirty: list[FrameSink] = []
         self._scheduled = False
 
-    def mark(self, ws: DirectWebSocket) -> None:
+    def mark(self, ws: FrameSink) -> None:
         self._dirty.append(ws)
         if not self._scheduled:
             self._scheduled = True
@@ -148,28 +160,17 @@ class WriteBatcher:
             ws.flush()
 
 
-class DirectWebSocket:
-    """python-engineio's aiohttp WebSocket driver, without compression, writing frames to
-    the transport itself (batched per event-loop pass)."""
+class FrameSink:
+    """Frames written to one connection's transport, batched per event-loop pass; what
+    the peer has not taken yet is measured in bytes."""
 
-    __slots__ = ("handler", "server", "_sock", "transport", "_pending", "_pending_bytes", "_batcher")
+    __slots__ = ("transport", "_pending", "_pending_bytes", "_batcher")
 
-    def __init__(self, handler: Any, server: Any) -> None:
-        self.handler = handler
-        self.server = server
-        self._sock: web.WebSocketResponse | None = None
+    def __init__(self, batcher: WriteBatcher) -> None:
         self.transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._batcher: WriteBatcher = server.write_batcher
-
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        request: web.Request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
-        self.transport = request.transport  # type: ignore[assignment]
-        await self.handler(self)
-        return self._sock
+        self._batcher = batcher
 
     def write(self, frame: bytes) -> None:
         if not self._pending:
@@ -188,6 +189,35 @@ class DirectWebSocket:
     def buffered(self) -> int:
         t = self.transport
         return self._pending_bytes + (t.get_write_buffer_size() if t is not None else 0)
+
+    def drop(self) -> None:
+        """End the connection at once (the socket was aborted); the default leaves it to the
+        read loop, which ends with the socket."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class DirectWebSocket(FrameSink):
+    """python-engineio's aiohttp WebSocket driver, without compression, writing frames to
+    the transport itself (batched per event-loop pass). Serves the WebSocket requests that
+    :mod:`libs.sio.ws_server` hands to aiohttp."""
+
+    __slots__ = ("handler", "server", "_sock")
+
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(server.write_batcher)
+        self.handler = handler
+        self.server = server
+        self._sock: web.WebSocketResponse | None = None
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.transport = request.transport  # type: ignore[assignment]
+        await self.handler(self)
+        return self._sock
 
     async def close(self) -> None:
         self.flush()
@@ -211,7 +241,7 @@ class FastSocket(async_socket.AsyncSocket):
 
     def __init__(self, server: Any, sid: str) -> None:
         super().__init__(server, sid)
-        self.ws: DirectWebSocket | None = None  # set once packets go straight to the wire
+        self.ws: FrameSink | None = None  # set once packets go straight to the wire
         self._ping_handle: asyncio.TimerHandle | None = None
 
     # -- sending ---------------------------------------------------------------------------
@@ -257,6 +287,22 @@ class FastSocket(async_socket.AsyncSocket):
         else:
             raise exceptions.UnknownPacketError()
 
+    def receive_nowait(self, pkt: packet.Packet) -> None:
+        """:meth:`receive` for a WebSocket read in ``data_received`` (libs.sio.ws_server):
+        a MESSAGE runs its handler in a task, as python-engineio's ``async_handlers`` does;
+        the rest is answered in place. Unknown packets are ignored."""
+        t = pkt.packet_type
+        if t == packet.MESSAGE:
+            handler = self.server.handlers.get("message")
+            if handler is not None:
+                spawn(_run_message(handler, self.sid, pkt.data))
+        elif t == packet.PONG:
+            self.schedule_ping()
+        elif t == packet.CLOSE:
+            spawn(self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT))
+        elif t == packet.UPGRADE:
+            self.send_nowait(packet.Packet(packet.NOOP))
+
     # -- pings: a timer handle per socket, not a task ----------------------------------------
     def schedule_ping(self) -> None:
         if self.last_ping:
@@ -277,17 +323,24 @@ class FastSocket(async_socket.AsyncSocket):
                 self._ping_handle.cancel()
                 self._ping_handle = None
             ws, self.ws = self.ws, None
-            if ws is not None and not abort:
-                # CLOSE is on the wire; end the WebSocket too (the read loop then ends).
-                asyncio.ensure_future(ws.close())
+            if ws is not None:
+                if abort:
+                    ws.drop()
+                else:
+                    # CLOSE is on the wire; end the WebSocket too (the read loop then ends).
+                    spawn(ws.close())
 
     # -- the WebSocket transport -------------------------------------------------------------
     async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
         if self.upgraded:
             raise OSError("Socket has been upgraded already")
+        front = environ.get(FRONT_KEY)
+        if front is not None:  # the connection is libs.sio.ws_server's: it reads the frames
+            front.accept(self, environ)
+            return None
         return await DirectWebSocket(self._websocket_handler, self.server)(environ)
 
-    def _go_direct(self, ws: DirectWebSocket) -> None:
+    def _go_direct(self, ws: FrameSink) -> None:
         """Flush what was queued before the WebSocket, in order, then write directly."""
         while True:
             try:
@@ -295,7 +348,8 @@ class FastSocket(async_socket.AsyncSocket):
             except asyncio.QueueEmpty:
                 break
             self.queue.task_done()
-            if pkt is not None:
+            # A NOOP put to end a poll that was not pending is not for the WebSocket.
+            if pkt is not None and pkt.packet_type != packet.NOOP:
                 ws.write(packet_frame(pkt))
         self.ws = ws
         self.queue = NO_QUEUE
@@ -354,6 +408,15 @@ class FastSocket(async_socket.AsyncSocket):
                     log.exception("engine.io receive error")
         finally:
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+
+async def _run_message(handler: Any, sid: str, data: Any) -> None:
+    try:
+        await handler(sid, data)
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("engine.io message handler error")
 
 
 class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]

@@ -13,6 +13,7 @@ from libs.auth.tokens import TokenVerifier
 from libs.bus import schemas, subjects
 from libs.ratelimit.limiter import RateLimiter
 from libs.service.runner import ProcessContext
+from libs.sio import ws_server
 from libs.sio.redis_manager import ResilientRedisManager
 from services.gateway import metrics
 from services.gateway.settings import GatewaySettings
@@ -90,9 +91,16 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     app.add_routes(api.routes())
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
-    site = web.TCPSite(runner, s.host, s.port, reuse_address=True)
-    await site.start()
     stack.push_async_callback(runner.cleanup)
+    assert runner.server is not None
+    # Engine.IO WebSockets are served by the front itself; everything else goes to aiohttp.
+    front = await ws_server.serve(sio.eio, runner.server, s.host, s.port, head_timeout_s=s.connect_timeout_s)
+
+    async def close_front() -> None:
+        front.close()
+        ws_server.close_all(sio.eio)
+
+    stack.push_async_callback(close_front)
     log.info("gateway listening on http://%s:%d (ops %d)", s.host, s.port, s.effective_ops_port)
 
     metrics.ROOMS.set_function(lambda: len(manager.rooms.get("/", {})))
