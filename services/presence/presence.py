@@ -66,9 +66,9 @@ class PresenceService:
         contacts of all)."""
         opened = await self.store.open_sessions(
             [(r.user.id, r.session_id, r.node, r.guild_ids, r.friend_ids) for r in reqs])
-        for req, (before, chosen) in zip(reqs, opened, strict=True):
-            if before == 0 and req.announce:
-                await self.announce(req.user.id, chosen=chosen, sessions=1, audience=(req.guild_ids, req.friend_ids))
+        await self.announce_many([(req.user.id, chosen, 1, (req.guild_ids, req.friend_ids))
+                                  for req, (before, chosen) in zip(reqs, opened, strict=True)
+                                  if before == 0 and req.announce])
         wanted = list(dict.fromkeys(u for r in reqs for u in r.contact_ids))
         shown: dict[str, schemas.Presence] = {}
         for i in range(0, len(wanted), CONTACTS_PER_LOOKUP):
@@ -119,26 +119,33 @@ class PresenceService:
         return schemas.Presence(user_id=user, status=status,
                                 activity=schemas.Activity(**act) if act else None, since=chosen.get("since"))
 
-    async def announce(self, user_id: str, *, chosen: dict[str, Any] | None = None, sessions: int | None = None,
-                       audience: tuple[list[str], list[str]] | None = None) -> None:
-        """Tell the user's guilds and friends, when what they see changed. A caller that
-        has just read the user's chosen status, session count or audience passes them."""
-        if chosen is None:
-            chosen = await self.store.chosen(user_id)
-        if sessions is None:
-            sessions = await self.store.session_count(user_id)
-        status = visible_status(chosen.get("status"), sessions)
-        shown = f"{status}|{msgspec.json.encode(chosen.get('activity') if status != 'offline' else None).decode()}"
-        if chosen.get("shown") == shown:
+    async def announce(self, user_id: str) -> None:
+        """Tell the user's guilds and friends what they see now, if it changed."""
+        chosen, sessions = await self.store.chosen(user_id), await self.store.session_count(user_id)
+        await self.announce_many([(user_id, chosen, sessions, None)])
+
+    async def announce_many(self, users: list[tuple[str, dict[str, Any], int, tuple[list[str], list[str]] | None]]) -> None:
+        """Announce each (user, chosen status, session count, audience or None) whose
+        visible presence changed: what was shown is recorded for all of them in one Redis
+        round trip, then each is emitted to their guilds and friends (looked up when the
+        audience is None)."""
+        changed = []
+        for user_id, chosen, sessions, audience in users:
+            status = visible_status(chosen.get("status"), sessions)
+            shown = f"{status}|{msgspec.json.encode(chosen.get('activity') if status != 'offline' else None).decode()}"
+            if chosen.get("shown") != shown:
+                changed.append((user_id, chosen, status, shown, audience))
+        if not changed:
             return
         since = now_iso()
-        await self.store.set_shown(user_id, shown, since)
-        chosen["since"] = since
-        guilds, friends = audience if audience is not None else await self.store.audience(user_id)
-        rooms = [guild_room(g) for g in guilds] + [user_room(f) for f in friends] + [user_room(user_id)]
-        payload = msgspec.to_builtins(self._presence(user_id, status, chosen))
-        await self.emitter.emit("presence", payload, room=rooms, namespace="/")
-        ANNOUNCED.inc()
+        await self.store.set_shown_many([(user_id, shown, since) for user_id, _, _, shown, _ in changed])
+        for user_id, chosen, status, _, audience in changed:
+            chosen["since"] = since
+            guilds, friends = audience if audience is not None else await self.store.audience(user_id)
+            rooms = [guild_room(g) for g in guilds] + [user_room(f) for f in friends] + [user_room(user_id)]
+            payload = msgspec.to_builtins(self._presence(user_id, status, chosen))
+            await self.emitter.emit("presence", payload, room=rooms, namespace="/")
+            ANNOUNCED.inc()
 
     # -- typing --------------------------------------------------------------------------
     async def typing_start(self, user_id: str, channel_id: str) -> None:

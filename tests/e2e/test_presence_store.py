@@ -38,5 +38,9 @@ async def test_store_batch_matches_one_at_a_time(servers):
         await store.offline_later([p + "c"], time.time() - 1)
         await store.open_sessions([(p + "c", "s9", "n1", [], [])])
         assert p + "c" not in await store.offline_due(time.time())
+        # what was shown, recorded for several users at once
+        await store.set_shown_many([(p + "a", "online|null", "t1"), (p + "b", "idle|null", "t2")])
+        assert (await store.chosen(p + "a"))["shown"] == "online|null"
+        assert (await store.chosen(p + "b"))["since"] == "t2"
     finally:
         await r.aclose()

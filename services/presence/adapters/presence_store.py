@@ -135,9 +135,13 @@ class PresenceStore:
         await self.r.hset(_st(user), mapping={"status": status, "activity": orjson.dumps(activity)})
         await self.r.expire(_st(user), self.ttl * 30)
 
-    async def set_shown(self, user: str, shown: str, since: str) -> None:
-        """What others were last told, and when it changed."""
-        await self.r.hset(_st(user), mapping={"shown": shown, "since": since})
+    async def set_shown_many(self, shown: list[tuple[str, str, str]]) -> None:
+        """What others were last told of each (user, shown, since), and when it changed: one
+        pipeline (no transaction: each user's record stands alone)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for user, what, since in shown:
+                pipe.hset(_st(user), mapping={"shown": what, "since": since})
+            await pipe.execute()
 
     async def many(self, users: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
         """(user, session count, chosen status) for each of ``users`` who has a session
