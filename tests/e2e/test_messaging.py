@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
+from libs.bus import schemas
+from libs.db.database import Database
 from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
 from libs.testing.wire_fuzz import metric_total
+from services.messaging.adapters.store import Store
 
 
 async def sync_all(sock, channel_id: str, after: int) -> list[dict]:
@@ -282,3 +286,47 @@ async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_a
     assert batches - batches_before < writes - writes_before  # and some went together
     for u in users + [owner, stranger]:
         await u.close()
+
+
+async def test_sync_of_several_channels_in_one_statement_keeps_order_errors_and_budget(http, cluster: Stack):
+    """The store's `sync` (one statement for all the channels) against the cluster's database:
+    channels answered in the order given, refusals per channel, a page per channel and a
+    budget spent in that order."""
+    alice = await ChatClient(http, cluster.gateways[0], uid("alice")).login()
+    stranger = await ChatClient(http, cluster.gateways[0], uid("stranger")).login()
+    guild = await guild_with_members(alice)
+    other = await guild_with_members(stranger)
+    ch1 = guild["text_channel"]
+    ch2 = (await alice.api("POST", f"/guilds/{guild['id']}/channels", {"name": "two", "kind": "text"}, expect=201))["id"]
+    a = await alice.connect()
+    for i in range(5):
+        assert (await a.call("message:send", {"channel_id": ch1, "content": f"one {i}", "nonce": f"a{i}"}))["ok"]
+    for i in range(3):
+        assert (await a.call("message:send", {"channel_id": ch2, "content": f"two {i}", "nonce": f"b{i}"}))["ok"]
+    await alice.close()
+
+    db = Database(cluster.cluster.database_url)
+    await db.start()
+    try:
+        assert await db.wait_ready(10)
+        store = Store(db)
+        me = schemas.UserRef(id=alice.user_id, name=alice.name)
+        asked = {ch1: 0, "abc": 0, other["text_channel"]: 0, ch2: 1, "999999999999": 0}
+        got = await store.sync(me, asked, page=3, budget=4)
+        assert list(got) == list(asked)  # the order given
+        one, two = got[ch1], got[ch2]
+        assert [msgspec.json.decode(e)["seq"] for e in one.events] == [1, 2, 3] and not one.complete  # a page
+        assert [msgspec.json.decode(e)["seq"] for e in two.events] == [2] and not two.complete  # the budget's rest
+        assert one.last_seq == 5 and two.last_seq == 3
+        for refused in ("abc", other["text_channel"], "999999999999"):
+            assert got[refused].error is not None and got[refused].error.code == "not_found", refused
+        # enough budget: everything after the given seqs, complete
+        got = await store.sync(me, {ch2: 1, ch1: 3}, page=100, budget=1000)
+        assert [msgspec.json.decode(e)["seq"] for e in got[ch2].events] == [2, 3] and got[ch2].complete
+        assert [msgspec.json.decode(e)["seq"] for e in got[ch1].events] == [4, 5] and got[ch1].complete
+        # nothing missed: complete with no events; budget 0: nothing, not complete where events remain
+        got = await store.sync(me, {ch1: 5, ch2: 0}, page=100, budget=0)
+        assert got[ch1].events == [] and got[ch1].complete
+        assert got[ch2].events == [] and not got[ch2].complete
+    finally:
+        await db.close()
