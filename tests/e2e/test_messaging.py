@@ -288,8 +288,8 @@ async def test_a_burst_of_sends_is_group_committed_and_each_send_keeps_its_own_a
         await u.close()
 
 
-async def test_sync_of_several_channels_in_one_statement_keeps_order_errors_and_budget(http, cluster: Stack):
-    """The store's `sync` (one statement for all the channels) against the cluster's database:
+async def test_sync_of_several_channels_keeps_order_errors_and_budget(http, cluster: Stack):
+    """The store's `sync` (one statement per channel) against the cluster's database:
     channels answered in the order given, refusals per channel, a page per channel and a
     budget spent in that order."""
     alice = await ChatClient(http, cluster.gateways[0], uid("alice")).login()
