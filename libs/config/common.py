@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from libs.config.settings import setting
 
 
+def parse_thresholds(text: str) -> tuple[int, int, int]:
+    """``"50000,10,10"`` -> (50000, 10, 10); ValueError unless three positive integers."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) != 3 or any(p <= 0 for p in parts):
+        raise ValueError("three positive integers: gen0 allocations, gen1 and gen2 collection counts")
+    return parts[0], parts[1], parts[2]
+
+
 @dataclass(frozen=True)
 class CommonSettings:
     node_id: str = setting("", "Unique name of this process in the cluster (default: service-hostname-pid)")
@@ -31,6 +39,7 @@ class CommonSettings:
     breaker_half_open_probes: int = setting(3, "Concurrent probes allowed while half-open")
     breaker_close_after: int = setting(3, "Successful probes that close a half-open breaker")
     drain_grace_s: float = setting(30.0, "Grace period on SIGTERM before the process exits")
+    gc_thresholds: str = setting("50000,10,10", "Cyclic garbage collector thresholds: gen0 allocations, gen1 and gen2 collection counts (python's default: 700,10,10)")
     admin_token: str = setting("", "Bearer token of the admin ops endpoints", secret=True)
 
     def validate(self) -> list[str]:
@@ -41,4 +50,8 @@ class CommonSettings:
             problems.append("CHAT_OPS_PORT: out of range")
         if self.bus_request_timeout_s <= 0:
             problems.append("CHAT_BUS_REQUEST_TIMEOUT_S: must be > 0")
+        try:
+            parse_thresholds(self.gc_thresholds)
+        except ValueError as exc:
+            problems.append(f"CHAT_GC_THRESHOLDS: {exc}")
         return problems

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from libs.bus.client import Bus
-from libs.config.common import CommonSettings
+from libs.config.common import CommonSettings, parse_thresholds
 from libs.config.settings import ConfigError, check_config, load
-from libs.observability import metrics
+from libs.observability import gc_tuning, metrics
 from libs.observability.logging import setup_logging
 from libs.observability.tracing import setup_tracing, shutdown_tracing
 from libs.ops.server import OpsServer, Readiness
@@ -147,6 +147,7 @@ def run(service: str, settings_cls: type[S],
     node_id = settings.node_id or default_node_id(service)
     setup_logging(service, node_id, settings.log_format, settings.log_level)
     setup_tracing(service, node_id, settings.otlp_endpoint, sample_ratio=settings.trace_sample_ratio)
+    gc_tuning.configure(parse_thresholds(settings.gc_thresholds))
     try:
         import uvloop
 
@@ -175,6 +176,7 @@ async def _main(service: str, node_id: str, settings: Any,
         await build(ctx, stack)  # connects in the background; never blocks on a dependency
         await ops.start()
         stack.push_async_callback(ops.stop)
+        gc_tuning.freeze_startup()
         readiness.started = True
         log.info("%s ready", service, extra={"node": node_id})
         await ctx.stop.wait()

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import gc
+
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.bus import subjects
+from libs.config.common import parse_thresholds
 from libs.config.settings import ConfigError, check_config, load
+from libs.observability import gc_tuning
 from libs.errors import RateLimited, from_dict
 from libs.validation.text import clean_content
 from services.gateway.domain import payloads as p
@@ -19,6 +24,32 @@ def test_settings_are_typed_and_every_bad_key_is_named():
         load(MessagingSettings, {"CHAT_OPS_PORT": "x", "CHAT_DEV_MODE": "maybe"})
     assert len(exc.value.problems) == 2
     assert any("CHAT_OPS_PORT" in p for p in exc.value.problems)
+
+
+def test_gc_thresholds_are_three_positive_integers():
+    assert load(MessagingSettings, {}).gc_thresholds == "50000,10,10"
+    assert parse_thresholds("700,10,10") == (700, 10, 10)
+    for bad in ("700,10", "0,10,10", "a,b,c", "700,10,10,1"):
+        with pytest.raises(ConfigError) as exc:
+            load(MessagingSettings, {"CHAT_GC_THRESHOLDS": bad})
+        assert any("CHAT_GC_THRESHOLDS" in p for p in exc.value.problems), bad
+
+
+def test_gc_collections_are_timed_and_thresholds_set():
+    before_thresholds = gc.get_threshold()
+    try:
+        gc_tuning.configure((12345, 7, 9))
+        gc_tuning.configure((12345, 7, 9))  # once per process: one callback
+        assert gc.get_threshold() == (12345, 7, 9)
+        assert gc.callbacks.count(gc_tuning._on_gc) == 1
+        before = REGISTRY.get_sample_value("chat_process_gc_seconds_total", {"generation": "2"}) or 0.0
+        pauses = REGISTRY.get_sample_value("chat_process_gc_pause_seconds_count") or 0.0
+        gc.collect()
+        assert (REGISTRY.get_sample_value("chat_process_gc_seconds_total", {"generation": "2"}) or 0.0) > before
+        assert REGISTRY.get_sample_value("chat_process_gc_pause_seconds_count") == pauses + 1
+    finally:
+        gc.set_threshold(*before_thresholds)
+        gc.callbacks.remove(gc_tuning._on_gc)
 
 
 def test_gateway_requires_a_key_source_and_derives_its_ops_port():
