@@ -9,8 +9,8 @@ from prometheus_client import REGISTRY
 from libs.bus import subjects
 from libs.config.common import parse_thresholds
 from libs.config.settings import ConfigError, check_config, load
-from libs.observability import gc_tuning
 from libs.errors import RateLimited, from_dict
+from libs.observability import gc_tuning
 from libs.validation.text import clean_content
 from services.gateway.domain import payloads as p
 from services.gateway.settings import GatewaySettings
