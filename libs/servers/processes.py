@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,7 +23,29 @@ from pathlib import Path
 from typing import IO, Self
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port nothing listens on, chosen below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) can be taken, before our server binds it, as the local port of any
+    outgoing connection, such as the server's own connections to NATS or Redis."""
+    low, _ = _ephemeral_range()
+    if low > 11000:
+        for _ in range(100):
+            port = random.randrange(10000, low - 1000)  # port + 1000 (a gateway's ops port) stays below too
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            if not port_open(port, timeout=0.05):
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

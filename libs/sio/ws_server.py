@@ -95,7 +95,8 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]] | None:
 class FrontProtocol(FrameSink, asyncio.Protocol):
     """One connection on the public port: a WebSocket served here, or handed to aiohttp."""
 
-    __slots__ = ("_engine", "_http", "_state", "_buf", "_sock", "_timer", "_frag", "_frag_op", "_frag_len")
+    __slots__ = ("_engine", "_http", "_state", "_buf", "_need", "_sock", "_timer", "_frag", "_frag_op",
+                 "_frag_len")
 
     def __init__(self, engine: Any, http_factory: Callable[[], asyncio.BaseProtocol],
                  head_timeout_s: float = 10.0) -> None:
@@ -103,7 +104,8 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
         self._engine = engine
         self._http: Callable[[], asyncio.BaseProtocol] | None = http_factory
         self._state = _HEAD
-        self._buf = b""
+        self._buf = bytearray()  # bytes received and not used yet
+        self._need = 0  # how many the frame being received needs in all
         self._sock: Any = None
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             head_timeout_s, self._head_timeout)
@@ -131,17 +133,24 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
         return None  # close our side too
 
     def data_received(self, data: bytes) -> None:
+        if _PROBE <= self._state <= _OPEN:
+            if self._buf:
+                # a frame still arriving: appended in place, parsed once it is whole
+                self._buf += data
+                if len(self._buf) < self._need:
+                    return
+                data, self._buf = bytes(self._buf), bytearray()
+            self._read_frames(data)
+            return
         if self._buf:
-            data = self._buf + data
-            self._buf = b""
+            data = bytes(self._buf) + data
+            self._buf = bytearray()
         if self._state == _HEAD:
             self._read_head(data)
         elif self._state == _HANDSHAKE:
-            self._buf = data  # frames sent before the 101 are read after it
+            self._buf = bytearray(data)  # frames sent before the 101 are read after it
             if len(data) > self._engine.max_http_buffer_size:
                 self._fail("early_data", 1009)
-        elif self._state != _CLOSED:
-            self._read_frames(data)
 
     # -- the request head ----------------------------------------------------------------------
     def _head_timeout(self) -> None:
@@ -168,14 +177,14 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
             if len(data) > _MAX_HEAD:
                 self._hand_off(data)  # aiohttp refuses it with its own status
             else:
-                self._buf = data
+                self._buf = bytearray(data)
             return
         environ = self._websocket_environ(data[:end])
         if environ is None:
             self._hand_off(data)
             return
         self._state = _HANDSHAKE
-        self._buf = data[end + 4:]
+        self._buf = bytearray(data[end + 4:])
         WS_CONNECTIONS.labels("ws").inc()
         spawn(self._handshake(environ))
 
@@ -296,13 +305,14 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
             self._state = _OPEN
             sock._go_direct(self)
         if self._buf:
-            data, self._buf = self._buf, b""
+            data, self._buf = bytes(self._buf), bytearray()
             self._read_frames(data)
 
     def _read_frames(self, data: bytes) -> None:
         max_size = self._engine.max_http_buffer_size
         n_data = len(data)
         off = 0
+        self._need = 0
         while self._state not in (_CLOSED, _HANDSHAKE):
             if n_data - off < 2:
                 break
@@ -332,12 +342,13 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
                 return
             end = pos + 4 + length
             if n_data < end:
+                self._need = end - off
                 break
             payload = unmask(data[pos + 4:end], data[pos:pos + 4])
             off = end
             self._frame(b0 & 0x80, op, payload)
         if off < n_data and self._state != _CLOSED:
-            self._buf = data[off:]
+            self._buf = bytearray(data[off:])
 
     def _frame(self, fin: int, op: int, payload: bytes) -> None:
         if op >= 0x8:

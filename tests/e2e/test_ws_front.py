@@ -158,6 +158,31 @@ async def test_upgrade_with_an_unknown_session_is_refused(cluster: Stack):
     ws.close()
 
 
+async def test_a_frame_that_arrives_in_many_pieces(http, cluster: Stack):
+    """A large frame dribbled in small writes is read once whole, and the frames around it too."""
+    user = await ChatClient(http, cluster.gateways[0], uid("drip")).login()
+    ws = await RawWs.open(cluster.gateways[0])
+    assert (await ws.next_text()).startswith("0{")
+    ws.text("40" + json.dumps({"token": user.token}))
+    await ws.until('42["ready"')
+    big = '421["sync",{"channels":{' + ",".join(f'"{i}":0' for i in range(1, 400)) + "}}]"
+    frame = client_frame(0x1, big.encode()) + client_frame(0x9, b"after")
+    assert len(frame) > 3000
+    for i in range(0, len(frame), 97):
+        ws.writer.write(frame[i:i + 97])
+        await ws.writer.drain()
+    pong, ack = None, None
+    while pong is None or ack is None:
+        op, payload = await ws.frame()
+        if op == 0xA:
+            pong = payload
+        elif op == 0x1 and payload.startswith(b"431["):
+            ack = json.loads(payload[3:])[0]
+    assert pong == b"after"
+    assert ack["ok"] and len(ack["channels"]) == 399, ack
+    ws.close()
+
+
 @pytest.mark.parametrize("kind,frame,code", [
     ("bad_frame", client_frame(0x1, b"40", masked=False), 1002),  # a client frame must be masked
     ("bad_frame", client_frame(0x0, b"x"), 1002),  # a continuation with nothing to continue
