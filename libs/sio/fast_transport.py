@@ -27,6 +27,7 @@ import json as _stdlib_json
 import logging
 import struct
 import time
+from collections import deque
 from typing import Any
 
 import engineio
@@ -243,6 +244,7 @@ class FastSocket(async_socket.AsyncSocket):
         super().__init__(server, sid)
         self.ws: FrameSink | None = None  # set once packets go straight to the wire
         self._ping_handle: asyncio.TimerHandle | None = None
+        self._inbox: deque[Any] | None = None  # packets waiting for the one before them
 
     # -- sending ---------------------------------------------------------------------------
     @property
@@ -288,20 +290,59 @@ class FastSocket(async_socket.AsyncSocket):
             raise exceptions.UnknownPacketError()
 
     def receive_nowait(self, pkt: packet.Packet) -> None:
-        """:meth:`receive` for a WebSocket read in ``data_received`` (libs.sio.ws_server):
-        a MESSAGE runs its handler in a task, as python-engineio's ``async_handlers`` does;
-        the rest is answered in place. Unknown packets are ignored."""
+        """:meth:`receive` for a WebSocket read in ``data_received`` (libs.sio.ws_server).
+
+        python-socketio runs Engine.IO with ``async_handlers=False``: a connection's
+        packets are handled one after the other (a second CONNECT waits for the first's
+        answer; an event sent right after CONNECT finds the namespace connected; a close
+        comes after what was sent before it). Here they wait in the socket's inbox, drained
+        by a task that exists only while there is something to handle. PONGs are answered
+        at once. With ``async_handlers=True`` each MESSAGE gets a task of its own, as
+        python-engineio does. Unknown packets are ignored."""
         t = pkt.packet_type
         if t == packet.MESSAGE:
-            handler = self.server.handlers.get("message")
-            if handler is not None:
-                spawn(_run_message(handler, self.sid, pkt.data))
+            if self.server.async_handlers:
+                handler = self.server.handlers.get("message")
+                if handler is not None:
+                    spawn(_run_message(handler, self.sid, pkt.data))
+            else:
+                self._enqueue(pkt.data)
         elif t == packet.PONG:
             self.schedule_ping()
         elif t == packet.CLOSE:
-            spawn(self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT))
+            self.closed_by_peer(self.server.reason.CLIENT_DISCONNECT)
         elif t == packet.UPGRADE:
             self.send_nowait(packet.Packet(packet.NOOP))
+
+    def closed_by_peer(self, reason: Any) -> None:
+        """The client closed (a CLOSE packet, or its connection ended): close the socket after
+        the packets it sent before, so a CONNECT being handled ends before its disconnect."""
+        if self.server.async_handlers:
+            spawn(self.close(wait=False, abort=True, reason=reason))
+        else:
+            self._enqueue(_Closed(reason))
+
+    def _enqueue(self, item: Any) -> None:
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = inbox = deque((item,))
+            spawn(self._drain_inbox(inbox))
+        else:
+            inbox.append(item)
+
+    async def _drain_inbox(self, inbox: deque[Any]) -> None:
+        handler = self.server.handlers.get("message")
+        try:
+            while inbox:
+                item = inbox.popleft()
+                if isinstance(item, _Closed):
+                    await self.close(wait=False, abort=True, reason=item.reason)
+                elif handler is not None and not self.closed:
+                    await _run_message(handler, self.sid, item)
+        except Exception:
+            log.exception("engine.io inbox error")
+        finally:
+            self._inbox = None
 
     # -- pings: a timer handle per socket, not a task ----------------------------------------
     def schedule_ping(self) -> None:
@@ -408,6 +449,15 @@ class FastSocket(async_socket.AsyncSocket):
                     log.exception("engine.io receive error")
         finally:
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+
+class _Closed:
+    """In a socket's inbox: the client closed, after the packets before it."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
 
 
 async def _run_message(handler: Any, sid: str, data: Any) -> None:

@@ -11,8 +11,9 @@ What a WebSocket connection costs is then one protocol object and its Engine.IO 
 no parsed request object with its headers, no ``WebSocketResponse`` with its reader and
 writer, no request-handler task and no coroutine chain waiting on the next frame (about
 10 KB of aiohttp objects and frames per idle connection). Frames are parsed as they
-arrive in ``data_received`` and each Engine.IO MESSAGE is dispatched as python-engineio
-does (a task per message); pings, pongs and closes are answered in place.
+arrive in ``data_received``; a connection's Engine.IO messages are handled in order, as
+python-engineio does under python-socketio (see ``FastSocket.receive_nowait``); pings and
+pongs are answered in place.
 
 Sending is :class:`libs.sio.fast_transport.FrameSink`: pre-encoded frames, one transport
 write per connection per event-loop pass.
@@ -127,7 +128,7 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
         if state in (_PROBE, _UPGRADE):
             sock.upgrading = False  # the socket goes on polling
         elif sock.ws is self:
-            spawn(sock.close(wait=False, abort=True, reason=self._engine.reason.TRANSPORT_CLOSE))
+            sock.closed_by_peer(self._engine.reason.TRANSPORT_CLOSE)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -390,8 +391,8 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
 
     def _message(self, data: str | bytes) -> None:
         sock = self._sock
-        if sock is None:
-            return
+        if sock is None or sock.closed:
+            return  # a closed socket reads nothing more (its WebSocket is being closed)
         try:
             pkt = packet.Packet(encoded_packet=data)
         except Exception:

@@ -14,7 +14,7 @@ import pytest
 from libs.sio.ws_server import accept_key
 from libs.testing.client import ChatClient, uid
 from libs.testing.fixtures import Stack
-from libs.testing.wire_fuzz import metric_total
+from libs.testing.wire_fuzz import active_connections, metric_total
 
 WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -181,6 +181,41 @@ async def test_a_frame_that_arrives_in_many_pieces(http, cluster: Stack):
     assert pong == b"after"
     assert ack["ok"] and len(ack["channels"]) == 399, ack
     ws.close()
+
+
+async def test_packets_of_a_connection_are_handled_in_order(http, cluster: Stack):
+    """A refused CONNECT, an accepted one and an event, sent in one write: each is handled
+    after the one before it (python-socketio's Engine.IO runs without async handlers)."""
+    user = await ChatClient(http, cluster.gateways[0], uid("order")).login()
+    ws = await RawWs.open(cluster.gateways[0])
+    assert (await ws.next_text()).startswith("0{")
+    ws.writer.write(client_frame(0x1, b"40") + client_frame(0x1, ("40" + json.dumps({"token": user.token})).encode())
+                    + client_frame(0x1, b'42999["sync",{"channels":{}}]'))
+    refused = await ws.until("4")
+    assert refused.startswith("44") and "unauthorized" in refused, refused
+    assert (await ws.until("40")).startswith("40{")
+    ack = await ws.until("43999")
+    assert json.loads(ack[5:]) == [{"ok": True, "channels": {}}]
+    ws.close()
+
+
+async def test_a_connection_that_ends_during_its_connect_leaves_no_session(http, cluster: Stack):
+    """The close of a connection whose CONNECT is still being handled comes after it: the
+    session it opened is closed again, none is left behind."""
+    ops = ops_url(cluster)
+    before = await active_connections(ops)
+    user = await ChatClient(http, cluster.gateways[0], uid("gone")).login()
+    for _ in range(20):
+        ws = await RawWs.open(cluster.gateways[0])
+        assert (await ws.next_text()).startswith("0{")
+        ws.text("40" + json.dumps({"token": user.token}))
+        await ws.writer.drain()
+        ws.writer.transport.abort()
+    for _ in range(100):
+        if await active_connections(ops) <= before:
+            break
+        await asyncio.sleep(0.1)
+    assert await active_connections(ops) <= before
 
 
 @pytest.mark.parametrize("kind,frame,code", [
