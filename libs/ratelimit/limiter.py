@@ -23,7 +23,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
 from prometheus_client import Counter, Histogram
 
-from libs.db.group_commit import GroupCommit
+from libs.batching.group_commit import GroupCommit
 from libs.errors import RateLimited, Unavailable
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker

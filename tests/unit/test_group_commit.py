@@ -1,4 +1,4 @@
-"""Group commit (libs.db.group_commit): batches form only while earlier ones are in
+"""Group commit (libs.batching.group_commit): batches form only while earlier ones are in
 flight, every write gets its own answer, and one write's error stays its own."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from libs.db.group_commit import GroupCommit
+from libs.batching.group_commit import GroupCommit
 from libs.errors import Unavailable
 
 

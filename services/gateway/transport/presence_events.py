@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Histogram
 
+from libs.batching.group_commit import GroupCommit
 from libs.bus import schemas, subjects
 from libs.bus.subjects import PresenceOps as Ops
-from libs.db.group_commit import GroupCommit
 from libs.errors import NotFound
 from libs.sio.redis_manager import channel_room
 from libs.validation.text import clean_plain

@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 
+from libs.batching.group_commit import GroupCommit
 from libs.bus import schemas, subjects
 from libs.db.database import Database
-from libs.db.group_commit import GroupCommit
 from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.messaging.adapters.rows import (
     MESSAGE_COLUMNS,

@@ -9,7 +9,9 @@ every batch holds one write and nothing waits; under load the batches grow on th
 and one commit, one round trip and one pool checkout carry many writes.
 
 The same pattern batches other round trips too (the gateway's presence session opens
-and closes), with a size histogram of their own.
+and closes, the rate limiter's Redis checks), with a size histogram of their own. The
+metric names (``chat_db_batch_size``, ``chat_db_batch_splits_total``) date from when it
+batched only database writes; they are kept so dashboards and alerts keep working.
 
 A batch that fails as a whole for a reason of its own (a deadlock, a constraint) is
 retried one write at a time, so one write's error stays its own. A batch that fails
