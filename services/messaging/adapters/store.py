@@ -79,17 +79,23 @@ SELECT
 # reads each small guild's members by the primary key (guild_id, user_id); the LIMIT inside
 # the LATERAL keeps Postgres from flattening it into a scan of every membership through the
 # user_id index (a generic plan did that: 1.3 ms of Postgres CPU per `ready` instead of 0.2).
-# `sync` for one channel in one statement: whether the caller may see it, its last seq, and
-# up to $3 of its events after $4 (none when it may not). One row per event, or one row with
-# no event. (One statement for all the channels at once, through unnest and a window for the
-# budget, cost Postgres about 1 ms per call: each call was planned again.)
-SYNC_SQL = """
-SELECT v.visible, c.last_seq, e.seq, e.kind, e.payload
-FROM channels c
+
+# Who may see a channel, for `c` = the channel and $2 = the user: a guild channel's members,
+# a DM's two users (`v.visible`). Every read that checks access joins this, so the rule is
+# written once.
+CHANNEL_ACCESS_FROM = """channels c
 LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = $2
 LEFT JOIN dm_channels d ON d.channel_id = c.id
 CROSS JOIN LATERAL (SELECT CASE WHEN c.kind = 'dm' THEN $2 IN (d.user_a, d.user_b)
-                                ELSE gm.role IS NOT NULL END AS visible) v
+                                ELSE gm.role IS NOT NULL END AS visible) v"""
+CHANNEL_FOR_MEMBER_SQL = f"SELECT c.*, gm.role, v.visible FROM {CHANNEL_ACCESS_FROM} WHERE c.id = $1"
+# `sync` for one channel ($1) in one statement: whether the caller may see it, its last seq,
+# and up to $3 of its events after $4 (none when it may not). One row per event, or one row
+# with no event. (One statement for all the channels at once, through unnest and a window for
+# the budget, cost Postgres about 1 ms per call: each call was planned again.)
+SYNC_SQL = f"""
+SELECT v.visible, c.last_seq, e.seq, e.kind, e.payload
+FROM {CHANNEL_ACCESS_FROM}
 LEFT JOIN LATERAL (
     SELECT ev.seq, ev.kind, ev.payload::text AS payload FROM channel_events ev
     WHERE v.visible AND ev.channel_id = c.id AND ev.seq > $4
@@ -98,6 +104,7 @@ LEFT JOIN LATERAL (
 WHERE c.id = $1
 ORDER BY e.seq
 """
+
 _str_list = msgspec.json.Decoder(list[str])
 _guild_list = msgspec.json.Decoder(list[schemas.GuildSummary])
 _channel_list = msgspec.json.Decoder(list[schemas.Channel])
@@ -149,25 +156,13 @@ class Store:
 
     # -- access --------------------------------------------------------------------------
     @staticmethod
-    async def channel_for_member(conn: asyncpg.Connection, user_id: str, channel_id: str,
-                                 *, lock: bool = False) -> tuple[Any, str | None]:
+    async def channel_for_member(conn: asyncpg.Connection, user_id: str, channel_id: str) -> tuple[Any, str | None]:
         """The channel row and the caller's guild role (None for DMs); NotFound when the
-        channel does not exist or the caller cannot see it."""
-        cid = _id(channel_id, "channel")
-        row = await conn.fetchrow(
-            "SELECT c.*, gm.role, d.user_a, d.user_b FROM channels c "
-            "LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = $2 "
-            "LEFT JOIN dm_channels d ON d.channel_id = c.id "
-            "WHERE c.id = $1", cid, user_id)
-        if row is None:
+        channel does not exist or the caller cannot see it (CHANNEL_ACCESS_FROM)."""
+        row = await conn.fetchrow(CHANNEL_FOR_MEMBER_SQL, _id(channel_id, "channel"), user_id)
+        if row is None or not row["visible"]:
             raise NotFound("channel not found")
-        if row["kind"] == "dm":
-            if user_id not in (row["user_a"], row["user_b"]):
-                raise NotFound("channel not found")
-            return row, None
-        if row["role"] is None:
-            raise NotFound("channel not found")
-        return row, row["role"]
+        return row, None if row["kind"] == "dm" else row["role"]
 
     async def channel_access(self, user: schemas.UserRef, channel_id: str) -> schemas.Channel:
         async with self.db.connection() as conn:
