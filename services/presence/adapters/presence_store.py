@@ -57,8 +57,11 @@ def _chosen(raw: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
-# KEYS: pres:s:<user>, pres:st:<user> for each user -> JSON [[index, sessions, status,
-# activity, since], ...] for the users with at least one session.
+# ARGV[1]: a JSON array of user ids -> JSON [[index, sessions, status, activity, since], ...]
+# for the users with at least one session (index is 1-based into the array). The user ids go
+# as one argument and the script names the keys it reads (as the voice scripts do: a single
+# Redis or Sentinel, not Redis Cluster): a lookup of a few thousand contacts in a reconnect
+# storm spent most of presence's CPU packing two key arguments each.
 MANY_LUA = """
 local users = cjson.decode(ARGV[1])
 local out = {}
@@ -72,9 +75,6 @@ end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
 """.replace("%(sessions)s", SESSIONS_PREFIX).replace("%(status)s", STATUS_PREFIX)
-# The user ids go as one JSON argument and the script names the keys it reads (as the voice
-# scripts do: a single Redis or Sentinel, not Redis Cluster): a lookup of a few thousand
-# contacts in a reconnect storm spent most of presence's CPU packing two key arguments each.
 
 
 class PresenceStore:
