@@ -292,21 +292,15 @@ class FastSocket(async_socket.AsyncSocket):
     def receive_nowait(self, pkt: packet.Packet) -> None:
         """:meth:`receive` for a WebSocket read in ``data_received`` (libs.sio.ws_server).
 
-        python-socketio runs Engine.IO with ``async_handlers=False``: a connection's
-        packets are handled one after the other (a second CONNECT waits for the first's
-        answer; an event sent right after CONNECT finds the namespace connected; a close
-        comes after what was sent before it). Here they wait in the socket's inbox, drained
-        by a task that exists only while there is something to handle. PONGs are answered
-        at once. With ``async_handlers=True`` each MESSAGE gets a task of its own, as
-        python-engineio does. Unknown packets are ignored."""
+        A connection's packets are handled one after the other, as python-engineio does
+        under python-socketio (which runs it with ``async_handlers=False``): a second CONNECT
+        waits for the first's answer, an event sent right after CONNECT finds the namespace
+        connected, a close comes after what was sent before it. They wait in the socket's
+        inbox, drained by a task that exists only while there is something to handle.
+        PONGs are answered at once; unknown packets are ignored."""
         t = pkt.packet_type
         if t == packet.MESSAGE:
-            if self.server.async_handlers:
-                handler = self.server.handlers.get("message")
-                if handler is not None:
-                    spawn(_run_message(handler, self.sid, pkt.data))
-            else:
-                self._enqueue(pkt.data)
+            self._enqueue(pkt.data)
         elif t == packet.PONG:
             self.schedule_ping()
         elif t == packet.CLOSE:
@@ -317,10 +311,7 @@ class FastSocket(async_socket.AsyncSocket):
     def closed_by_peer(self, reason: Any) -> None:
         """The client closed (a CLOSE packet, or its connection ended): close the socket after
         the packets it sent before, so a CONNECT being handled ends before its disconnect."""
-        if self.server.async_handlers:
-            spawn(self.close(wait=False, abort=True, reason=reason))
-        else:
-            self._enqueue(_Closed(reason))
+        self._enqueue(_Closed(reason))
 
     def _enqueue(self, item: Any) -> None:
         inbox = self._inbox
@@ -335,12 +326,13 @@ class FastSocket(async_socket.AsyncSocket):
         try:
             while inbox:
                 item = inbox.popleft()
-                if isinstance(item, _Closed):
-                    await self.close(wait=False, abort=True, reason=item.reason)
-                elif handler is not None and not self.closed:
-                    await _run_message(handler, self.sid, item)
-        except Exception:
-            log.exception("engine.io inbox error")
+                try:
+                    if isinstance(item, _Closed):
+                        await self.close(wait=False, abort=True, reason=item.reason)
+                    elif handler is not None and not self.closed:
+                        await handler(self.sid, item)
+                except Exception:
+                    log.exception("engine.io packet handling failed")
         finally:
             self._inbox = None
 
@@ -460,19 +452,11 @@ class _Closed:
         self.reason = reason
 
 
-async def _run_message(handler: Any, sid: str, data: Any) -> None:
-    try:
-        await handler(sid, data)
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("engine.io message handler error")
-
-
 class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio's server with :class:`FastSocket` sockets and one light service task."""
 
     start_service_task: bool
+    front_path = "/socket.io"  # the Engine.IO path libs.sio.ws_server serves (set by its serve())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

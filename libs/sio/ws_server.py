@@ -72,11 +72,7 @@ def close_frame(code: int) -> bytes:
 def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]] | None:
     """Method, path, query string and WSGI-style ``HTTP_*`` headers of an HTTP/1.1 request
     head, or None when it is not a plain, well-formed one (aiohttp then answers it)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        return None
-    lines = text.split("\r\n")
+    lines = head.decode("latin-1").split("\r\n")  # latin-1 decodes any byte
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] != "HTTP/1.1":
         return None
@@ -163,9 +159,7 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
         elif self._state in (_HANDSHAKE, _PROBE, _UPGRADE):
-            WS_ERRORS.labels("upgrade_timeout").inc()
-            log.info("closing a WebSocket whose Engine.IO handshake did not complete in time")
-            self._fail("upgrade_timeout", 1002, count=False)
+            self._fail("upgrade_timeout", 1002)  # the Engine.IO handshake did not complete in time
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -180,17 +174,18 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
             else:
                 self._buf = bytearray(data)
             return
-        environ = self._websocket_environ(data[:end])
-        if environ is None:
+        served = self._websocket_environ(data[:end])
+        if served is None:
             self._hand_off(data)
             return
         self._state = _HANDSHAKE
         self._buf = bytearray(data[end + 4:])
         WS_CONNECTIONS.labels("ws").inc()
-        spawn(self._handshake(environ))
+        spawn(self._handshake(*served))
 
-    def _websocket_environ(self, head: bytes) -> dict[str, Any] | None:
-        """The environ python-engineio reads, for a request this front serves; else None."""
+    def _websocket_environ(self, head: bytes) -> tuple[dict[str, Any], str | None] | None:
+        """The environ python-engineio reads and the session to upgrade (None for a new
+        one), for a request this front serves; else None."""
         engine = self._engine
         parsed = parse_head(head)
         if parsed is None:
@@ -227,10 +222,8 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
                 allowed = engine._cors_allowed_origins(environ)
                 if allowed is not None and origin not in allowed:
                     return None  # aiohttp's path refuses it, with python-engineio's answer
-        if "sid" in q:
-            environ["chat.upgrade_sid"] = q["sid"][0]
         environ[FRONT_KEY] = self
-        return environ
+        return environ, q["sid"][0] if "sid" in q else None
 
     def _hand_off(self, data: bytes) -> None:
         """Give the connection, and what it sent so far, to aiohttp."""
@@ -247,13 +240,12 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
         if data:
             proto.data_received(data)  # type: ignore[attr-defined]
 
-    async def _handshake(self, environ: dict[str, Any]) -> None:
-        """Run python-engineio's connect (or upgrade) for this request; it calls
-        :meth:`accept` when it takes the WebSocket."""
+    async def _handshake(self, environ: dict[str, Any], sid: str | None) -> None:
+        """Run python-engineio's connect (or the upgrade of session ``sid``) for this
+        request; it calls :meth:`accept` when it takes the WebSocket."""
         engine = self._engine
         response: Any = None
         try:
-            sid = environ.pop("chat.upgrade_sid", None)
             if sid is None:
                 response = await engine._handle_connect(environ, "websocket")
             else:
@@ -423,18 +415,19 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
 
     def _closed_by_peer(self, payload: bytes) -> None:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
-        self._state = _CLOSED
-        self.write(close_frame(code if code in (1000, 1001) else 1000))
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._close(code if code in (1000, 1001) else 1000)  # the peer's close, echoed
 
-    def _fail(self, kind: str, code: int, count: bool = True) -> None:
-        if count:
-            WS_ERRORS.labels(kind).inc()
-            log.info("closing a WebSocket: %s", kind)
+    def _fail(self, kind: str, code: int) -> None:
+        WS_ERRORS.labels(kind).inc()
+        log.info("closing a WebSocket: %s", kind)
+        self._close(code)
+
+    def _close(self, code: int) -> None:
+        """End the connection from this side: what is queued for it, a close frame, then
+        the transport's close. Nothing is read after it."""
         self._state = _CLOSED
         self._frag = None
+        self._cancel_timer()
         t = self.transport
         if t is not None and not t.is_closing():
             self.write(close_frame(code))
@@ -446,23 +439,15 @@ class FrontProtocol(FrameSink, asyncio.Protocol):
         self.drop()
 
     def drop(self) -> None:
-        """End the connection after what is queued for it (a close frame follows it)."""
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        self._cancel_timer()
-        t = self.transport
-        if t is not None and not t.is_closing():
-            self.write(close_frame(1000))
-            self.flush()
-            t.close()
+        if self._state != _CLOSED:
+            self._close(1000)
 
 
 async def serve(engine: Any, http_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
                 path: str = "socket.io", backlog: int = 1024, head_timeout_s: float = 10.0) -> asyncio.AbstractServer:
     """Listen on ``host:port`` with :class:`FrontProtocol` in front of aiohttp's handler;
     ``path`` is Engine.IO's (python-socketio's ``socketio_path``)."""
-    engine.front_path = "/" + path.strip("/")
+    engine.front_path = "/" + path.strip("/")  # FastEngineServer.front_path
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: FrontProtocol(engine, http_factory, head_timeout_s),
                                     host, port, reuse_address=True, backlog=backlog)
