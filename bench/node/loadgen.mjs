@@ -130,13 +130,14 @@ async function pool(items, concurrency, fn, label) {
 // ---------------------------------------------------------------- message tracking
 class Tracker {
   constructor() { this.msgs = new Map(); this.reset(); }
-  reset() { this.latencies = []; this.deliveries = 0; this.timeline = []; this.t0 = now(); this.sendErrors = 0; this.sent = 0; this.onComplete = null; }
+  reset() { this.latencies = []; this.first = []; this.deliveries = 0; this.timeline = []; this.t0 = now(); this.sendErrors = 0; this.sent = 0; this.onComplete = null; }
   sent_(i, expected) { this.msgs.set(i, { t: now(), expected, got: 0, done: false }); this.sent += 1; }
   deliver(i) {
     const m = this.msgs.get(i);
     if (!m) return;
     const t = now();
     m.got += 1; this.deliveries += 1;
+    if (m.got === 1) this.first.push(t - m.t);
     this.latencies.push(t - m.t);
     const b = Math.floor((t - this.t0) / 1000);
     this.timeline[b] = (this.timeline[b] || 0) + 1;
@@ -273,7 +274,7 @@ async function fanout() {
     const ph = {
       name: `rate-${dps}`, target_deliveries_per_s: dps, messages: ol.ids.length, deliveries: tr.deliveries,
       missing: tr.missing(ol.ids), send_errors: tr.sendErrors, achieved_deliveries_per_s: tr.deliveries / ol.sendWall_s,
-      ...c2, latency: summary(tr.latencies), timeline: tr.timeline, half_saturation: cfg.halfSaturation && dps === rates[rates.length - 1],
+      ...c2, latency: summary(tr.latencies), first_delivery: summary(tr.first), timeline: tr.timeline, half_saturation: cfg.halfSaturation && dps === rates[rates.length - 1],
     };
     result.phases.push(ph);
     log(`fixed rate ${dps}/s: p50 ${ph.latency.p50_ms?.toFixed(1)} ms, p99 ${ph.latency.p99_ms?.toFixed(1)} ms, missing ${ph.missing}`);

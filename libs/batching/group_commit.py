@@ -54,11 +54,16 @@ class GroupCommit(Generic[T, R]):
         self._size = size_metric.labels(name)
 
     async def submit(self, item: T) -> R:
+        return await self.submit_nowait(item)
+
+    def submit_nowait(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item`` and return the future of its result without waiting for it (the
+        caller adds a done callback, or awaits it later)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
         if self._inflight < self.max_inflight:
             self._start()
-        return await fut
+        return fut
 
     def _start(self) -> None:
         batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]

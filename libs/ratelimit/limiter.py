@@ -1,10 +1,25 @@
-"""Distributed rate limits (the ``limits`` library) shared by every gateway node
-through Redis, with a per-node in-memory fallback while Redis is away.
+"""Distributed rate limits (the ``limits`` library's moving window) shared by every
+gateway node through Redis, with a per-node in-memory window that answers alone while
+Redis is away.
 
-Each rule is a ``limits`` string ("30/minute", "10/10 seconds"). Redis calls run under
-a short timeout and a breaker; when either trips, the same rule is enforced by the
-local limiter, so a Redis outage loosens limits by at most the number of nodes and
-never stops traffic.
+Each rule is a ``limits`` string ("30/minute", "10/10 seconds"). Every check first counts
+the hit in the node's own window: a key that has used its whole limit on this node is
+refused there, without a round trip. Otherwise the hit goes to Redis, where every node's
+hits for the key are counted, in one of two ways:
+
+- *waiting*: the check waits for Redis's answer (the key is new to this node, or near its
+  limit);
+- *ahead*: while this node's view of the key (the count Redis last answered, plus this
+  node's hits not answered yet) stays within ``ahead_fraction`` of the limit (half, by
+  default), the hit is admitted at once and recorded in Redis in the background. A send
+  far below its limit does not wait for a Redis round trip.
+
+A user whose hits all come through one node is limited exactly. One who is active on
+several nodes at once can, with the default fraction, exceed a limit only by what the
+other nodes admitted ahead in the same moment; each node stops admitting ahead at half
+the limit, so with two nodes the limit holds. Redis calls run under a short timeout and a
+breaker; when either trips, the node's own window decides, so a Redis outage loosens
+limits by at most the number of nodes and never stops traffic.
 """
 
 from __future__ import annotations
@@ -13,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -32,39 +47,128 @@ log = logging.getLogger(__name__)
 
 REJECTED = Counter("chat_ratelimit_rejected_total", "Requests refused by a rate limit", ["rule"])
 FALLBACK = Counter("chat_ratelimit_fallback_total", "Rate-limit checks answered by the per-node limiter")
+CHECKS = Counter("chat_ratelimit_checks_total",
+                 "Rate-limit checks by who answered: node (the node's own window refused, or no Redis), "
+                 "ahead (admitted before Redis answered), shared (Redis answered), fallback (Redis unavailable)",
+                 ["path"])
+UNRECORDED = Counter("chat_ratelimit_ahead_unrecorded_total",
+                     "Hits admitted ahead of Redis that Redis did not record (it failed); the node's window has them")
 BATCH = Histogram("chat_ratelimit_batch_size", "Rate-limit checks sent to Redis in one pipeline", ["batch"],
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
+# The moving window on ``limits``' own keys (a list of hit timestamps, newest first), one
+# call per hit: hits that left the window are popped from the tail (each once), so the
+# list is the window and its length the count, which is returned with the verdict
+# ({acquired, count}). ARGV[4] = "1" records a hit the node already admitted (ahead),
+# even over the limit, so every node's later checks count it.
+ACQUIRE_LUA = """
+local key = KEYS[1]
+local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local oldest = now - expiry
+while true do
+  local last = redis.call('lindex', key, -1)
+  if not last or tonumber(last) >= oldest then break end
+  redis.call('rpop', key)
+end
+local count = redis.call('llen', key)
+if count >= limit and ARGV[4] ~= '1' then
+  return {0, count}
+end
+redis.call('lpush', key, now)
+redis.call('expire', key, expiry)
+return {1, count + 1}
+"""
+
+Check = tuple[str, int, int, bool]  # key, limit, expiry (s), admitted already
+
+
+class _View:
+    """What this node knows of one key: the count Redis last answered and this node's
+    hits sent after that answer and not answered yet."""
+
+    __slots__ = ("count", "pending", "seen", "expiry")
+
+    def __init__(self, expiry: int) -> None:
+        self.count = 0
+        self.pending = 0
+        self.seen = time.monotonic()
+        self.expiry = expiry
+
 
 class SharedMovingWindow:
-    """``limits``' moving window in Redis (its own acquire script, its keys), with the
-    checks that arrive while earlier ones are in flight sent together in one pipeline.
+    """The moving window in Redis, on ``limits``' keys (``self.library``, the library's own
+    ``MovingWindowRateLimiter``, sees the same hits and answers ``get_window_stats``).
 
-    One check at a time through ``MovingWindowRateLimiter.hit`` cost a gateway about
-    180 µs of CPU in redis-py (a pool checkout, a command, a reply), a seventh of its
-    CPU at 1,000 messages/s. Alone, a check still goes at once; under load they share a
-    round trip. The results are the library's: same script, same keys, so the library's
-    own ``MovingWindowRateLimiter`` (``self.library``, which answers ``get_window_stats``)
-    sees these hits.
+    Checks go to Redis in pipelines, one at a time: the checks made while one is in flight
+    go together in the next, and Redis sees this node's hits in the order they were made,
+    so a check that waits for Redis counts every hit this node admitted ahead of it.
     """
 
     def __init__(self, storage: RedisStorage, pool: aioredis.BlockingConnectionPool, *,
-                 max_batch: int = 256, max_inflight: int = 2) -> None:
+                 ahead_fraction: float = 0.5, max_batch: int = 256, sweep_s: float = 10.0) -> None:
         self.library = MovingWindowRateLimiter(storage)
         self.bridge = storage.bridge
         self.redis = aioredis.Redis(connection_pool=pool)
-        self.script = self.redis.register_script(self.bridge.SCRIPT_ACQUIRE_MOVING_WINDOW)
-        self.batches: GroupCommit[tuple[str, int, int], bool] = GroupCommit(
-            self._acquire, name="shared", max_batch=max_batch, max_inflight=max_inflight, size_metric=BATCH)
+        self.script = self.redis.register_script(ACQUIRE_LUA)
+        self.ahead_fraction = ahead_fraction
+        self.views: dict[str, _View] = {}
+        self.on_result: Callable[[BaseException | None], None] = lambda exc: None
+        self.batches: GroupCommit[Check, tuple[bool, int]] = GroupCommit(
+            self._acquire, name="shared", max_batch=max_batch, max_inflight=1, size_metric=BATCH)
+        self._sweep_s = sweep_s
+        self._next_sweep = time.monotonic() + sweep_s
+
+    def _key(self, item: RateLimitItem, identifiers: tuple[str, ...]) -> str:
+        return self.bridge.prefixed_key(item.key_for(*identifiers))
+
+    def ahead(self, item: RateLimitItem, *identifiers: str) -> bool:
+        """Admit the hit at once if this node's view of the key leaves room (see the module
+        docstring), and record it in Redis in the background; False: call ``hit``."""
+        key = self._key(item, identifiers)
+        view = self.views.get(key)
+        if view is None or view.count + view.pending + 1 > self.ahead_fraction * item.amount:
+            return False
+        view.pending += 1
+        fut = self.batches.submit_nowait((key, item.amount, item.get_expiry(), True))
+        fut.add_done_callback(lambda f: self._recorded(view, f))
+        return True
+
+    def _recorded(self, view: _View, fut: asyncio.Future[tuple[bool, int]]) -> None:
+        view.pending -= 1
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            view.count, view.seen = fut.result()[1], time.monotonic()
+        else:
+            UNRECORDED.inc()
+            view.count = 2**31  # unknown now: the next check waits for Redis
+        self.on_result(exc)
 
     async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        key = self.bridge.prefixed_key(item.key_for(*identifiers))
-        return await self.batches.submit((key, item.amount, item.get_expiry()))
+        """Count the hit in Redis if the key is under its limit there; whether it was."""
+        key = self._key(item, identifiers)
+        acquired, count = await self.batches.submit((key, item.amount, item.get_expiry(), False))
+        view = self.views.get(key)
+        if view is None:
+            self._sweep()
+            view = self.views[key] = _View(item.get_expiry())
+        view.count, view.seen = count, time.monotonic()
+        return acquired
+
+    def _sweep(self) -> None:
+        """Forget views not refreshed for a whole window (at most once per ``sweep_s``)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_s
+        for key in [k for k, v in self.views.items() if not v.pending and v.seen < now - v.expiry]:
+            del self.views[key]
 
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         return await self.library.get_window_stats(item, *identifiers)
 
-    async def _acquire(self, batch: list[tuple[str, int, int]]) -> list[bool]:
+    async def _acquire(self, batch: list[Check]) -> list[tuple[bool, int]]:
         try:
             try:
                 return await self._pipeline(batch)
@@ -75,16 +179,18 @@ class SharedMovingWindow:
             # Unavailable fails the whole batch at once (no retry one check at a time).
             raise Unavailable(f"rate-limit store unavailable ({type(exc).__name__})") from None
 
-    async def _pipeline(self, batch: list[tuple[str, int, int]]) -> list[bool]:
+    async def _pipeline(self, batch: list[Check]) -> list[tuple[bool, int]]:
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
-        for key, limit, expiry in batch:
-            pipe.evalsha(self.script.sha, 1, key, now, limit, expiry, 1)  # type: ignore[no-untyped-call]
-        return [bool(acquired) for acquired in await pipe.execute()]
+        for key, limit, expiry, admitted in batch:
+            pipe.evalsha(self.script.sha, 1, key, now, limit, expiry, 1 if admitted else 0)  # type: ignore[no-untyped-call]
+        return [(bool(acquired), int(count)) for acquired, count in await pipe.execute()]
 
 
 class LocalMovingWindow:
-    """The per-node fallback: the same moving window as the shared limiter, in memory.
+    """The node's own window: the same moving window as the shared limiter, in memory. It
+    counts every hit the node admits, refuses a key that used its whole limit on this
+    node, and is the whole limit while Redis is away.
 
     Not ``limits``' own in-memory storage: its asyncio version re-scans every key after
     each hit and hands each key to a worker thread, which under load (exactly when the
@@ -125,6 +231,12 @@ class LocalMovingWindow:
         hits.append(now)
         return True
 
+    def undo(self, item: RateLimitItem, *identifiers: str) -> None:
+        """Take back the last hit of the key (Redis refused it after the node counted it)."""
+        hits = self._hits.get(item.key_for(*identifiers))
+        if hits:
+            hits.pop()
+
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         now = time.monotonic()
         hits = self._window(item, identifiers, now)
@@ -138,7 +250,7 @@ class LocalMovingWindow:
 class RateLimiter:
     def __init__(self, rules: Mapping[str, str], redis_url: str | None, *,
                  breaker: CircuitBreaker | None = None, timeout_s: float = 0.25,
-                 key_prefix: str = "chat-rl", max_connections: int = 16) -> None:
+                 key_prefix: str = "chat-rl", max_connections: int = 16, ahead_fraction: float = 0.5) -> None:
         self.rules: dict[str, RateLimitItem] = {name: parse(spec) for name, spec in rules.items()}
         self.breaker = breaker or CircuitBreaker("redis-ratelimit")
         self.timeout_s = timeout_s
@@ -157,7 +269,8 @@ class RateLimiter:
             storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
                                    connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py
                                    wrap_exceptions=True)
-            self.shared = SharedMovingWindow(storage, self.pool)
+            self.shared = SharedMovingWindow(storage, self.pool, ahead_fraction=ahead_fraction)
+            self.shared.on_result = self._recorded
 
         self._prober: asyncio.Task[None] | None = None
 
@@ -186,27 +299,50 @@ class RateLimiter:
         item = self.rules.get(rule)
         if item is None:
             return
-        limiter: SharedMovingWindow | LocalMovingWindow = self.local
-        if self.shared is not None and self.breaker.allow():
-            try:
-                async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
-                    allowed = await self.shared.hit(item, rule, key)
-                self.breaker.record_success()
-                limiter = self.shared
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.breaker.record_failure()
-                log.debug("shared rate limit unavailable (%s); using the local limiter", type(exc).__name__)
-                FALLBACK.inc()
-                allowed = await self.local.hit(item, rule, key)
-        else:
-            if self.shared is not None:
-                FALLBACK.inc()
-            allowed = await self.local.hit(item, rule, key)
+        if not await self.local.hit(item, rule, key):  # this node alone used the whole window
+            CHECKS.labels("node").inc()
+            await self._refuse(self.local, item, rule, key)
+        shared = self.shared
+        if shared is None:
+            CHECKS.labels("node").inc()
+            return
+        if not self.breaker.allow():
+            FALLBACK.inc()
+            CHECKS.labels("fallback").inc()
+            return
+        if shared.ahead(item, rule, key):
+            CHECKS.labels("ahead").inc()
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):  # no task per check, unlike wait_for
+                allowed = await shared.hit(item, rule, key)
+            self.breaker.record_success()
+        except asyncio.CancelledError:
+            self.local.undo(item, rule, key)
+            raise
+        except Exception as exc:
+            self.breaker.record_failure()
+            log.debug("shared rate limit unavailable (%s); using the local limiter", type(exc).__name__)
+            FALLBACK.inc()
+            CHECKS.labels("fallback").inc()
+            return  # the node's own window admitted it
+        CHECKS.labels("shared").inc()
         if not allowed:
-            REJECTED.labels(rule).inc()
-            raise RateLimited(f"too many {rule} requests", await self._retry_after_ms(limiter, item, rule, key))
+            self.local.undo(item, rule, key)
+            await self._refuse(shared, item, rule, key)
+
+    def _recorded(self, exc: BaseException | None) -> None:
+        """A hit admitted ahead reached Redis, or did not: the breaker hears of it."""
+        if exc is None:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+            log.debug("a hit admitted ahead was not recorded in Redis (%s)", type(exc).__name__)
+
+    async def _refuse(self, limiter: SharedMovingWindow | LocalMovingWindow, item: RateLimitItem,
+                      rule: str, key: str) -> None:
+        REJECTED.labels(rule).inc()
+        raise RateLimited(f"too many {rule} requests", await self._retry_after_ms(limiter, item, rule, key))
 
     async def _retry_after_ms(self, limiter: SharedMovingWindow | LocalMovingWindow, item: RateLimitItem,
                               rule: str, key: str) -> int:

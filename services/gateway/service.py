@@ -46,7 +46,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
                              jwks_url=s.jwt_jwks_url, dev_mode=s.dev_mode, breaker=ctx.breaker("auth"))
     # A breaker of its own: checks that time out in an overloaded gateway (a reconnect storm)
     # must not stop room delivery through the adapter, which shared the "redis" breaker.
-    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"))
+    limiter = RateLimiter(s.rate_rules(), s.redis_url, breaker=ctx.breaker("redis-ratelimit"),
+                          ahead_fraction=s.ratelimit_ahead_fraction)
     limiter.start()
     stack.push_async_callback(limiter.close)
     gateway = SocketGateway(sio, manager, bus, verifier, limiter, node_id=ctx.node_id,

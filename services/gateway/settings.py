@@ -32,6 +32,8 @@ class GatewaySettings(CommonSettings):
     drain_batch: int = setting(100, "Sockets told to reconnect per batch while draining")
     drain_batch_interval_ms: int = setting(200, "Delay between reconnect batches while draining")
 
+    ratelimit_ahead_fraction: float = setting(0.5, "Share of a rate limit a node admits before Redis answers (hits still "
+                                                   "counted in Redis); 0 = every check waits for Redis")
     rate_connect: str = setting("10/minute", "Connections per client IP")
     rate_message_send: str = setting("30/minute", "message:send per user")
     rate_message_edit: str = setting("10/minute", "message:edit per user")
@@ -62,6 +64,8 @@ class GatewaySettings(CommonSettings):
             problems.append("CHAT_JWT_JWKS_URL: required unless CHAT_DEV_MODE=1 with CHAT_JWT_SECRET")
         if not (0 < self.port < 65536):
             problems.append("CHAT_PORT: out of range")
+        if not (0.0 <= self.ratelimit_ahead_fraction <= 1.0):
+            problems.append("CHAT_RATELIMIT_AHEAD_FRACTION: between 0 and 1")
         from limits import parse
 
         for rule, spec in self.rate_rules().items():
