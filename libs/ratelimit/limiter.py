@@ -15,11 +15,12 @@ hits for the key are counted, in one of two ways:
   far below its limit does not wait for a Redis round trip.
 
 A user whose hits all come through one node is limited exactly. One who is active on
-several nodes at once can, with the default fraction, exceed a limit only by what the
-other nodes admitted ahead in the same moment; each node stops admitting ahead at half
-the limit, so with two nodes the limit holds. Redis calls run under a short timeout and a
-breaker; when either trips, the node's own window decides, so a Redis outage loosens
-limits by at most the number of nodes and never stops traffic.
+several nodes can exceed a limit only by what a node admits ahead on a view that does not
+show the other nodes' latest hits yet: at most ``ahead_fraction`` of the limit, and only
+until that node's next answer from Redis, a round trip later, brings the true count.
+Redis calls run under a short timeout and a breaker; when either trips, the node's own
+window decides, so a Redis outage loosens limits by at most the number of nodes and never
+stops traffic.
 """
 
 from __future__ import annotations
