@@ -172,6 +172,27 @@ async def test_two_nodes_admitting_ahead_stay_within_the_limit(servers):
         await b.close()
 
 
+async def test_a_stale_view_admits_at_most_half_the_limit_until_redis_answers(servers):
+    """The bound of admitting ahead: node A last heard the key at 1 hit; node B then uses the
+    rest of the limit. A burst on A is admitted ahead on A's stale view, at most half the
+    limit in all, and once Redis's answers bring A the true count, A refuses."""
+    from libs.ratelimit.limiter import RateLimiter
+
+    prefix = f"rl-stale-{time.time_ns()}"
+    a = RateLimiter({"send": "20/minute"}, servers.redis.url, key_prefix=prefix)
+    b = RateLimiter({"send": "20/minute"}, servers.redis.url, key_prefix=prefix)
+    try:
+        assert await _admitted(a, 1) == [True]
+        assert await _admitted(b, 19) == [True] * 19  # the limit is used up, A does not know it
+        burst = await asyncio.gather(*(_admitted(a, 1) for _ in range(12)))
+        assert 1 <= sum(r.count(True) for r in burst) <= 9  # A's view: 1 + 9 = half the limit
+        assert await _admitted(a, 3) == [False] * 3
+        assert await _admitted(b, 1) == [False]
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_redis_going_away_under_hits_admitted_ahead(tmp_path):
     """Hits admitted ahead that Redis never records are counted and reported to the
     breaker; the node's window keeps the limit; once Redis is back, checks wait for it again."""
