@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -341,7 +342,7 @@ class RateLimiter:
             log.debug("a hit admitted ahead was not recorded in Redis (%s)", type(exc).__name__)
 
     async def _refuse(self, limiter: SharedMovingWindow | LocalMovingWindow, item: RateLimitItem,
-                      rule: str, key: str) -> None:
+                      rule: str, key: str) -> NoReturn:
         REJECTED.labels(rule).inc()
         raise RateLimited(f"too many {rule} requests", await self._retry_after_ms(limiter, item, rule, key))
 
