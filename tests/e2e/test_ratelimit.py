@@ -230,6 +230,25 @@ async def test_redis_going_away_under_hits_admitted_ahead(tmp_path):
         redis.stop()
 
 
+async def test_views_of_idle_keys_are_forgotten(servers):
+    """A node's view of a key goes once the key has been idle for a whole window (checked at
+    most once per sweep interval, when a new key comes), so the views stay as many as the
+    keys in use."""
+    from libs.ratelimit.limiter import RateLimiter
+
+    limiter = RateLimiter({"send": "10/second"}, servers.redis.url, key_prefix=f"rl-sweep-{time.time_ns()}")
+    assert limiter.shared is not None
+    limiter.shared._sweep_s, limiter.shared._next_sweep = 0.2, 0.0
+    try:
+        assert await _admitted(limiter, 3, "u1") == [True] * 3
+        assert len(limiter.shared.views) == 1
+        await asyncio.sleep(1.3)  # u1 idle for more than its window
+        assert await _admitted(limiter, 1, "u2") == [True]
+        assert [k.split("/")[2] for k in limiter.shared.views] == ["u2"]
+    finally:
+        await limiter.close()
+
+
 @pytest.mark.parametrize("fraction", [0.0])
 async def test_ahead_admission_can_be_turned_off(servers, fraction):
     from libs.ratelimit.limiter import RateLimiter
