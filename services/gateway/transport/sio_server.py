@@ -20,7 +20,7 @@ import socketio
 from engineio import packet as eio_packet
 from prometheus_client import Counter
 
-from libs.sio.fast_transport import FastEngineServer, FastJson, FastPacket
+from libs.sio.fast_transport import FastEngineServer, FastJson, FastPacket, spawn
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ class GatewayServer(socketio.AsyncServer):
         kwargs.setdefault("serializer", FastPacket)
         super().__init__(*args, **kwargs)
         self.connect_timeout_s = connect_timeout_s
-        self._tasks: set[asyncio.Future[None]] = set()  # no-CONNECT closes under way
         self.queue_soft = queue_soft
         self.queue_hard = queue_hard
         self.buffer_soft = buffer_soft
@@ -68,12 +67,9 @@ class GatewayServer(socketio.AsyncServer):
         return result
 
     def _check_connected(self, eio_sid: str) -> None:
-        # A CONNECT being handled is pre-connected (it has a sid), so it is left alone. The close
-        # task is kept referenced (the loop holds tasks weakly).
+        # A CONNECT being handled is pre-connected (it has a sid), so it is left alone.
         if eio_sid in self.environ and self.manager.sid_from_eio_sid(eio_sid, "/") is None:
-            task = asyncio.ensure_future(self._close_unconnected(eio_sid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            spawn(self._close_unconnected(eio_sid))
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> Any:
         result = await super()._handle_connect(eio_sid, namespace, data)
@@ -116,7 +112,7 @@ class GatewayServer(socketio.AsyncServer):
             return False
         if depth >= hard:
             self._evicting.add(eio_sid)
-            asyncio.ensure_future(self._evict(eio_sid, sock))
+            spawn(self._evict(eio_sid, sock))
             return False
         if isinstance(data, str) and data.startswith(DROPPABLE_PREFIXES):
             SLOW_DROPPED.labels(data[3:data.find('"', 3)]).inc()
