@@ -58,6 +58,13 @@ UNRECORDED = Counter("chat_ratelimit_ahead_unrecorded_total",
 BATCH = Histogram("chat_ratelimit_batch_size", "Rate-limit checks sent to Redis in one pipeline", ["batch"],
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
+def _fell_back() -> None:
+    """A check answered by the node's own window because Redis was unavailable (counted
+    under both names: ``chat_ratelimit_fallback_total`` predates the ``path`` label)."""
+    FALLBACK.inc()
+    CHECKS.labels("fallback").inc()
+
+
 # The moving window on ``limits``' own keys (a list of hit timestamps, newest first), one
 # call per hit: hits that left the window are popped from the tail (each once), so the
 # list is the window and its length the count, which is returned with the verdict
@@ -107,14 +114,16 @@ class SharedMovingWindow:
     """
 
     def __init__(self, storage: RedisStorage, pool: aioredis.BlockingConnectionPool, *,
-                 ahead_fraction: float = 0.5, max_batch: int = 256, sweep_s: float = 10.0) -> None:
+                 ahead_fraction: float = 0.5, on_recorded: Callable[[BaseException | None], None] | None = None,
+                 max_batch: int = 256, sweep_s: float = 10.0) -> None:
         self.library = MovingWindowRateLimiter(storage)
         self.bridge = storage.bridge
         self.redis = aioredis.Redis(connection_pool=pool)
         self.script = self.redis.register_script(ACQUIRE_LUA)
         self.ahead_fraction = ahead_fraction
         self.views: dict[str, _View] = {}
-        self.on_result: Callable[[BaseException | None], None] = lambda exc: None
+        # told whether each hit admitted ahead reached Redis (the caller's breaker)
+        self.on_recorded = on_recorded or (lambda exc: None)
         self.batches: GroupCommit[Check, tuple[bool, int]] = GroupCommit(
             self._acquire, name="shared", max_batch=max_batch, max_inflight=1, size_metric=BATCH)
         self._sweep_s = sweep_s
@@ -145,7 +154,7 @@ class SharedMovingWindow:
         else:
             UNRECORDED.inc()
             view.count = 2**31  # unknown now: the next check waits for Redis
-        self.on_result(exc)
+        self.on_recorded(exc)
 
     async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         """Count the hit in Redis if the key is under its limit there; whether it was."""
@@ -223,7 +232,9 @@ class LocalMovingWindow:
         for key in [k for k, h in self._hits.items() if not h or h[-1] <= now - self._expiry[k]]:
             del self._hits[key], self._expiry[key]
 
-    async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+    def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        """Count the hit if the key is under its limit on this node; whether it was (no
+        coroutine: every check of every event passes here)."""
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
@@ -271,8 +282,8 @@ class RateLimiter:
             storage = RedisStorage("async+" + plain, implementation="redispy", key_prefix=key_prefix,
                                    connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py
                                    wrap_exceptions=True)
-            self.shared = SharedMovingWindow(storage, self.pool, ahead_fraction=ahead_fraction)
-            self.shared.on_result = self._recorded
+            self.shared = SharedMovingWindow(storage, self.pool, ahead_fraction=ahead_fraction,
+                                             on_recorded=self._recorded)
 
         self._prober: asyncio.Task[None] | None = None
 
@@ -301,7 +312,7 @@ class RateLimiter:
         item = self.rules.get(rule)
         if item is None:
             return
-        if not await self.local.hit(item, rule, key):  # this node alone used the whole window
+        if not self.local.hit(item, rule, key):  # this node alone used the whole window
             CHECKS.labels("node").inc()
             await self._refuse(self.local, item, rule, key)
         shared = self.shared
@@ -309,8 +320,7 @@ class RateLimiter:
             CHECKS.labels("node").inc()
             return
         if not self.breaker.allow():
-            FALLBACK.inc()
-            CHECKS.labels("fallback").inc()
+            _fell_back()
             return
         if shared.ahead(item, rule, key):
             CHECKS.labels("ahead").inc()
@@ -325,8 +335,7 @@ class RateLimiter:
         except Exception as exc:
             self.breaker.record_failure()
             log.debug("shared rate limit unavailable (%s); using the local limiter", type(exc).__name__)
-            FALLBACK.inc()
-            CHECKS.labels("fallback").inc()
+            _fell_back()
             return  # the node's own window admitted it
         CHECKS.labels("shared").inc()
         if not allowed:

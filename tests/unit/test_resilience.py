@@ -119,14 +119,14 @@ async def test_local_fallback_limiter_is_a_moving_window_and_forgets_idle_keys()
 
     local = LocalMovingWindow(sweep_s=0.5)
     item = parse("3/second")
-    assert [await local.hit(item, "send", "u1") for _ in range(4)] == [True, True, True, False]
-    assert await local.hit(item, "send", "u2")  # keys are separate
+    assert [local.hit(item, "send", "u1") for _ in range(4)] == [True, True, True, False]
+    assert local.hit(item, "send", "u2")  # keys are separate
     stats = await local.get_window_stats(item, "send", "u1")
     assert stats.remaining == 0 and 0 < stats.reset_time - time.time() <= 1.0
     await asyncio.sleep(1.05)  # the first hits leave the window
-    assert await local.hit(item, "send", "u1")
+    assert local.hit(item, "send", "u1")
     assert len(local) == 1  # the sweep dropped u2, idle for a whole window
     await asyncio.sleep(1.05)
-    assert await local.hit(item, "send", "u3")
+    assert local.hit(item, "send", "u3")
     assert len(local) == 1  # and now u1
 
