@@ -44,3 +44,40 @@ async def test_store_batch_matches_one_at_a_time(servers):
         assert (await store.chosen(p + "b"))["since"] == "t2"
     finally:
         await r.aclose()
+
+
+async def test_open_sessions_records_everything_a_session_needs(servers):
+    """One script call records, per session: the session (with its TTL), the audience, the
+    node's set and the node itself, and returns the user's chosen status as stored."""
+    r = aioredis.from_url(servers.redis.url)
+    store = PresenceStore(r, key_ttl_s=60)
+    p = f"po{time.time_ns()}-"
+    node = p + "node"
+    try:
+        await store.set_chosen(p + "a", "dnd", {"name": "chess / \u00e9checs", "kind": "playing"})
+        opened = await store.open_sessions([(p + "a", "s1", node, ["g1", "g2"], [p + "b"]),
+                                            (p + "b", "s2", node, [], [])])
+        assert opened[0][0] == 0 and opened[1] == (0, {})
+        chosen = opened[0][1]
+        assert chosen["status"] == "dnd"
+        assert chosen["activity"] == {"name": "chess / \u00e9checs", "kind": "playing"}
+        assert await store.audience(p + "a") == (["g1", "g2"], [p + "b"])
+        assert await store.audience(p + "b") == ([], [])
+        assert 0 < await r.ttl(f"pres:s:{p}a") <= 60
+        assert 0 < await r.ttl(f"pres:aud:{p}a") <= 60
+        assert 60 < await r.ttl(f"pres:st:{p}a") <= 60 * 30
+        assert await store.node_sessions(node) == 2
+        assert 0 < await r.ttl(f"pres:node:{node}") <= 60
+        assert {m.decode() for m in await r.smembers(f"pres:node:{node}")} == {f"{p}a|s1", f"{p}b|s2"}
+        first_seen = float(await r.hget("pres:nodes", node))
+        assert abs(first_seen - time.time()) < 60
+        # a node is watched from its first session on: a later open keeps the first time
+        await store.open_sessions([(p + "c", "s3", node, [], [])])
+        assert float(await r.hget("pres:nodes", node)) == first_seen
+        # a big batch on one node (more members than one SADD takes at once here)
+        many = [(f"{p}m{i}", f"s{i}", node, [], []) for i in range(2500)]
+        assert [before for before, _ in await store.open_sessions(many)] == [0] * 2500
+        assert await store.node_sessions(node) == 2503
+    finally:
+        await r.hdel("pres:nodes", node)
+        await r.aclose()

@@ -38,12 +38,16 @@ def _st(user: str) -> str:
     return STATUS_PREFIX + user
 
 
+AUDIENCE_PREFIX = "pres:aud:"  # + user: hash guilds, friends
+NODE_PREFIX = "pres:node:"  # + node: set "user|session"
+
+
 def _aud(user: str) -> str:
-    return f"pres:aud:{user}"
+    return AUDIENCE_PREFIX + user
 
 
 def _node(node: str) -> str:
-    return f"pres:node:{node}"
+    return NODE_PREFIX + node
 
 
 def _ty(user: str) -> str:
@@ -77,43 +81,73 @@ return cjson.encode(out)
 """.replace("%(sessions)s", SESSIONS_PREFIX).replace("%(status)s", STATUS_PREFIX)
 
 
+# Opening sessions, for a batch of them in one call and (a script) one atomic step.
+# ARGV[1]: a JSON array of [user, session, node, guilds JSON, friends JSON]; ARGV[2]: the key
+# TTL (s); ARGV[3]: now (epoch seconds) -> JSON [[sessions before, [status hash as field,
+# value, ...]], ...], one per session in order. A user twice in the batch sees the first
+# session in the second's count; a session already recorded is not counted before itself.
+# One argument instead of ten commands per session: building that pipeline was most of
+# presence's CPU in a connect burst.
+OPEN_LUA = """
+local sessions = cjson.decode(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local out = {}
+local nodes = {}
+for i = 1, #sessions do
+  local user, sid, node = sessions[i][1], sessions[i][2], sessions[i][3]
+  local skey, stkey, aud = '%(sessions)s' .. user, '%(status)s' .. user, '%(audience)s' .. user
+  local n = redis.call('HLEN', skey)
+  if redis.call('HSET', skey, sid, node) == 0 then n = n - 1 end
+  redis.call('EXPIRE', skey, ttl)
+  redis.call('HSET', aud, 'guilds', sessions[i][4], 'friends', sessions[i][5])
+  redis.call('EXPIRE', aud, ttl)
+  redis.call('EXPIRE', stkey, ttl * 30)
+  out[i] = {n, redis.call('HGETALL', stkey)}
+  redis.call('ZREM', '%(offline)s', user)
+  if not nodes[node] then nodes[node] = {} end
+  table.insert(nodes[node], user .. '|' .. sid)
+end
+for node, members in pairs(nodes) do
+  local nkey = '%(node)s' .. node
+  for j = 1, #members, 1000 do
+    redis.call('SADD', nkey, unpack(members, j, math.min(j + 999, #members)))
+  end
+  redis.call('EXPIRE', nkey, ttl)
+  redis.call('HSETNX', '%(nodes)s', node, ARGV[3])
+end
+return cjson.encode(out)
+""".replace("%(sessions)s", SESSIONS_PREFIX).replace("%(status)s", STATUS_PREFIX).replace(
+    "%(audience)s", AUDIENCE_PREFIX).replace("%(node)s", NODE_PREFIX).replace(
+    "%(offline)s", OFFLINE_DUE).replace("%(nodes)s", NODES)
+
+
 class PresenceStore:
     def __init__(self, redis: aioredis.Redis, key_ttl_s: int) -> None:
         self.r = redis
         self.ttl = key_ttl_s
         self._many_script = redis.register_script(MANY_LUA)
+        self._open_script = redis.register_script(OPEN_LUA)
 
     # -- sessions ------------------------------------------------------------------------
     async def open_sessions(self, sessions: list[tuple[str, str, str, list[str], list[str]]]
                             ) -> list[tuple[int, dict[str, Any]]]:
-        """Record sessions (user, session, node, guilds, friends), all in one round trip and
-        one transaction; for each, the user's session count before it and their chosen
+        """Record sessions (user, session, node, guilds, friends), all in one script call
+        (one round trip, one atomic step); for each, the user's session count before it and their chosen
         status. A user twice in the list sees the first session in the second's count.
         A user back within the offline grace leaves the offline queue: the sweep would
         only have found them online again."""
         if not sessions:
             return []
-        p = self.r.pipeline(transaction=True)
-        by_node: dict[str, list[str]] = {}
-        for user, session_id, node, guilds, friends in sessions:
-            p.hlen(_s(user))
-            p.hset(_s(user), session_id, node)
-            p.expire(_s(user), self.ttl)
-            p.hset(_aud(user), mapping={"guilds": orjson.dumps(guilds), "friends": orjson.dumps(friends)})
-            p.expire(_aud(user), self.ttl)
-            p.expire(_st(user), self.ttl * 30)
-            p.hgetall(_st(user))
-            by_node.setdefault(node, []).append(f"{user}|{session_id}")
-        p.zrem(OFFLINE_DUE, *{user for user, *_ in sessions})
-        now = time.time()
-        for node, members in by_node.items():
-            p.sadd(_node(node), *members)
-            p.expire(_node(node), self.ttl)
-            p.hsetnx(NODES, node, now)  # a node is watched from its first session on
-        res = await p.execute()
-        step = 7  # commands per session above
-        return [(int(res[i]) - (0 if res[i + 1] else 1), _chosen(res[i + step - 1]))
-                for i in range(0, step * len(sessions), step)]
+        raw = await self._open_script(args=[
+            orjson.dumps([[user, session_id, node, orjson.dumps(guilds).decode(), orjson.dumps(friends).decode()]
+                          for user, session_id, node, guilds, friends in sessions]),
+            self.ttl, time.time()])
+        out = []
+        for before, flat in orjson.loads(raw):
+            # cjson writes an empty Lua table as an object: a user with no chosen status
+            pairs = flat if isinstance(flat, list) else []
+            out.append((int(before), _chosen(dict(zip(pairs[::2], pairs[1::2], strict=True)))))
+        return out
 
     async def close_sessions(self, sessions: list[tuple[str, str, str]]) -> list[int]:
         """Forget sessions (user, session, node) in one round trip; for each, how many
