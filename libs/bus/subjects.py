@@ -68,6 +68,7 @@ def metric_label(subject: str) -> str:
 # Operations of each service (the ``op`` part of service_request).
 class MessagingOps:
     READY = "ready"
+    READY_MANY = "ready_many"
     SEND = "message_send"
     EDIT = "message_edit"
     DELETE = "message_delete"

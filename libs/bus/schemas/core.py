@@ -124,6 +124,19 @@ class ReadyReply(Struct):
     presence_guild_ids: list[str] = []  # guilds small enough for presence broadcasts
 
 
+class ReadyMany(Struct):
+    """Users a gateway connected while its previous `ready` request was in flight (a
+    connect burst): messaging answers them with one statement."""
+
+    users: list[UserRef]
+
+
+class ReadyManyReply(Struct):
+    # One per user, in the request's order. Fewer when all would not fit in one reply: the
+    # gateway asks again for the users after the last one answered.
+    replies: list[ReadyReply]
+
+
 class SendMessage(Struct):
     user: UserRef
     channel_id: str

@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from libs.auth.tokens import TokenVerifier
+from libs.batching.group_commit import GroupCommit
 from libs.bus import schemas, subjects
 from libs.bus.client import Bus
 from libs.bus.subjects import MessagingOps
@@ -42,6 +43,8 @@ EventHandler = Callable[[Session, Any], Awaitable[Ack]]
 DisconnectHook = Callable[[Session, bool], Awaitable[None]]
 # Runs during connect once the user is known; raises a ChatError (e.g. Banned) to refuse.
 ConnectCheck = Callable[[schemas.UserRef, str], Awaitable[None]]
+READY_BATCH_MAX = 64  # users in one `ready` request to messaging
+READY_BATCHES_INFLIGHT = 2  # while these run, further connects' `ready` waits for the next batch
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,10 @@ class SocketGateway:
         # and each timed-out one is a client that retries. Here they wait their turn instead.
         self._admission = asyncio.Semaphore(max(1, connect_concurrency))
         self._pending_ready: dict[str, Ack] = {}
+        # A connect burst asks messaging for `ready` one request (and one statement) per
+        # batch of users instead of one per user; alone, a connect is sent at once.
+        self._readies: GroupCommit[schemas.UserRef, schemas.ReadyReply] = GroupCommit(
+            self._ready_batch, name="ready", max_batch=READY_BATCH_MAX, max_inflight=READY_BATCHES_INFLIGHT)
         self.events: dict[str, EventSpec] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
         self.connect_checks: list[ConnectCheck] = []
@@ -149,6 +156,19 @@ class SocketGateway:
             finally:
                 self._admission.release()
 
+    async def _ready_batch(self, users: list[schemas.UserRef]) -> list[schemas.ReadyReply]:
+        if len(users) == 1:
+            return [await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=users[0]),
+                                       schemas.ReadyReply)]
+        replies: list[schemas.ReadyReply] = []
+        while len(replies) < len(users):  # a reply too big for one message carries the first ones
+            reply = await self.request("messaging", MessagingOps.READY_MANY,
+                                       schemas.ReadyMany(users=users[len(replies):]), schemas.ReadyManyReply)
+            if not reply.replies:
+                raise Internal("ready_many answered no user")
+            replies.extend(reply.replies)
+        return replies
+
     def _refuse(self, exc: BaseException, ip: str) -> NoReturn:
         if isinstance(exc, ChatError):
             metrics.CONNECTIONS_FAILED.labels(exc.code).inc()
@@ -165,8 +185,7 @@ class SocketGateway:
         try:
             for check in self.connect_checks:
                 await check(user, ip)
-            ready = await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
-                                       schemas.ReadyReply)
+            ready = await self._readies.submit(user)
         except Exception as exc:
             self._refuse(exc, ip)
         session = Session(sid=sid, user_id=user.id, name=user.name,

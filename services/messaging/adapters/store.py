@@ -41,21 +41,19 @@ def _id(value: str, what: str) -> int:
     return n
 
 
-READY_SQL = """
-WITH u AS (
-    INSERT INTO users (id, name) SELECT $1, $2
-    WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1 AND name = $2)
-    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
-), g AS (
+# What `ready` carries for one user, written once for the statements below: USER_ID stands
+# for the user's id ($1 alone, a column of the batch's users), $3 is PRESENCE_GUILD_MAX and
+# $4 MAX_CONTACTS.
+_READY_CTES = """g AS (
     SELECT g.id, g.name, gm.role,
            (SELECT count(*) FROM guild_members x WHERE x.guild_id = g.id) AS members
-    FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id WHERE gm.user_id = $1
+    FROM guild_members gm JOIN guilds g ON g.id = gm.guild_id WHERE gm.user_id = USER_ID
 ), ch AS (
     SELECT c.id, c.guild_id, c.name, c.kind, c.last_seq
-    FROM channels c JOIN guild_members gm ON gm.guild_id = c.guild_id WHERE gm.user_id = $1
+    FROM channels c JOIN guild_members gm ON gm.guild_id = c.guild_id WHERE gm.user_id = USER_ID
     UNION ALL
     SELECT c.id, c.guild_id, c.name, c.kind, c.last_seq
-    FROM channels c JOIN dm_channels d ON d.channel_id = c.id WHERE d.user_a = $1 OR d.user_b = $1
+    FROM channels c JOIN dm_channels d ON d.channel_id = c.id WHERE d.user_a = USER_ID OR d.user_b = USER_ID
 ), small AS (
     SELECT id FROM g WHERE members <= $3
 )
@@ -67,12 +65,30 @@ SELECT
              '[]') AS channels,
     coalesce((SELECT json_agg(f.friend_id ORDER BY f.friend_id) FROM friendships f
               JOIN friendships b ON b.user_id = f.friend_id AND b.friend_id = f.user_id
-              WHERE f.user_id = $1), '[]') AS friends,
+              WHERE f.user_id = USER_ID), '[]') AS friends,
     coalesce((SELECT json_agg(id::text ORDER BY id) FROM small), '[]') AS small,
     coalesce((SELECT json_agg(m.user_id) FROM (
                   SELECT DISTINCT x.user_id FROM small s CROSS JOIN LATERAL (
-                      SELECT user_id FROM guild_members WHERE guild_id = s.id AND user_id <> $1 LIMIT $4) x
-                  LIMIT $4) m), '[]') AS co_members
+                      SELECT user_id FROM guild_members WHERE guild_id = s.id AND user_id <> USER_ID LIMIT $4) x
+                  LIMIT $4) m), '[]') AS co_members"""
+# One user ($1, named $2): recorded, and what `ready` carries, in one statement.
+READY_SQL = """
+WITH u AS (
+    INSERT INTO users (id, name) SELECT $1, $2
+    WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1 AND name = $2)
+    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
+), """ + _READY_CTES.replace("USER_ID", "$1")
+# The users of a connect burst ($1 ids, $2 names; a user twice is answered once): one row
+# each, with its id. One statement instead of one round trip and one execution per user.
+READY_MANY_SQL = """
+WITH batch AS (
+    SELECT DISTINCT ON (id) id, name FROM unnest($1::text[], $2::text[]) AS t(id, name) ORDER BY id
+), u AS (
+    INSERT INTO users (id, name) SELECT bu.id, bu.name FROM batch bu
+    WHERE NOT EXISTS (SELECT 1 FROM users x WHERE x.id = bu.id AND x.name = bu.name)
+    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
+)
+SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + _READY_CTES.replace("USER_ID", "bu.id") + """) r
 """
 # Two shapes above are deliberate. `u` writes only a new user or a changed name: an ON CONFLICT
 # that matches locks the row, a write (and a transaction id) on every connect. `co_members`
@@ -108,6 +124,15 @@ ORDER BY e.seq
 _str_list = msgspec.json.Decoder(list[str])
 _guild_list = msgspec.json.Decoder(list[schemas.GuildSummary])
 _channel_list = msgspec.json.Decoder(list[schemas.Channel])
+
+
+def _ready_reply(user: schemas.UserRef, row: asyncpg.Record) -> schemas.ReadyReply:
+    friends = _str_list.decode(row["friends"])
+    contacts = list(dict.fromkeys(friends + _str_list.decode(row["co_members"])))[:MAX_CONTACTS]
+    return schemas.ReadyReply(
+        user=user, guilds=_guild_list.decode(row["guilds"]), channels=_channel_list.decode(row["channels"]),
+        friend_ids=friends, contact_ids=contacts, presence_guild_ids=_str_list.decode(row["small"]),
+    )
 
 
 class _NewMessage(NamedTuple):
@@ -147,12 +172,17 @@ class Store:
         presence broadcasts and the co-members whose presence ``ready`` shows."""
         async with self.db.connection() as conn:
             row = await conn.fetchrow(READY_SQL, user.id, user.name, PRESENCE_GUILD_MAX, MAX_CONTACTS)
-        friends = _str_list.decode(row["friends"])
-        contacts = list(dict.fromkeys(friends + _str_list.decode(row["co_members"])))[:MAX_CONTACTS]
-        return schemas.ReadyReply(
-            user=user, guilds=_guild_list.decode(row["guilds"]), channels=_channel_list.decode(row["channels"]),
-            friend_ids=friends, contact_ids=contacts, presence_guild_ids=_str_list.decode(row["small"]),
-        )
+        return _ready_reply(user, row)
+
+    async def ready_many(self, users: list[schemas.UserRef]) -> list[schemas.ReadyReply]:
+        """``ready`` for several users, in one statement; in the order given."""
+        if not users:
+            return []
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(READY_MANY_SQL, [u.id for u in users], [u.name for u in users],
+                                    PRESENCE_GUILD_MAX, MAX_CONTACTS)
+        by_id = {row["user_id"]: row for row in rows}
+        return [_ready_reply(user, by_id[user.id]) for user in users]
 
     # -- access --------------------------------------------------------------------------
     @staticmethod

@@ -28,6 +28,10 @@ INVITE_CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MESSAGES_STORED = Counter("chat_messaging_messages_stored_total", "Messages committed")
 MESSAGES_DUPLICATE = Counter("chat_messaging_messages_duplicate_total", "Sends answered from an earlier nonce")
 EMITS = Counter("chat_messaging_room_emits_total", "Room events handed to the Socket.IO adapter", ["event"])
+READY_PARTIAL = Counter("chat_messaging_ready_partial_total",
+                        "ready_many replies cut short to stay under the bus's payload limit")
+READY_MANY_MAX = 256  # users in one ready_many request
+READY_REPLY_MAX_BYTES = 512 * 1024  # half of NATS' default payload limit
 
 
 class MessagingHandlers:
@@ -45,6 +49,7 @@ class MessagingHandlers:
         q = subjects.queue_group("messaging")
         table: list[tuple[str, Any, type]] = [
             (Ops.READY, self.ready, schemas.ReadyRequest),
+            (Ops.READY_MANY, self.ready_many, schemas.ReadyMany),
             (Ops.SEND, self.send, schemas.SendMessage),
             (Ops.HISTORY, self.history, schemas.HistoryRequest),
             (Ops.CHANNEL_ACCESS, self.channel_access, schemas.ChannelAccess),
@@ -74,6 +79,22 @@ class MessagingHandlers:
     # -- handlers ------------------------------------------------------------------------
     async def ready(self, req: schemas.ReadyRequest) -> schemas.ReadyReply:
         return await self.store.ready(req.user)
+
+    async def ready_many(self, req: schemas.ReadyMany) -> schemas.ReadyManyReply:
+        """`ready` for the users of a connect burst, in one statement. The reply stops
+        before the user whose `ready` would take it past READY_REPLY_MAX_BYTES (always
+        carrying the first); the gateway asks again for the rest."""
+        if len(req.users) > READY_MANY_MAX:
+            raise Invalid(f"at most {READY_MANY_MAX} users in one ready_many request")
+        replies = await self.store.ready_many(req.users)
+        size = 0
+        for i, reply in enumerate(replies):
+            size += len(schemas.dumps(reply))
+            if size > READY_REPLY_MAX_BYTES and i > 0:
+                READY_PARTIAL.inc()
+                log.info("ready_many: answering %d of %d users (%d bytes)", i, len(replies), size)
+                return schemas.ReadyManyReply(replies=replies[:i])
+        return schemas.ReadyManyReply(replies=replies)
 
     async def send(self, req: schemas.SendMessage, rooms: list[str] | None = None) -> schemas.MessageReply:
         text = _content(req.content)

@@ -1,0 +1,140 @@
+"""`ready` for a connect burst: the gateway asks messaging for a batch of users at once
+(`ready_many`, one statement), and every user still gets exactly their own `ready`."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import msgspec
+import pytest
+import socketio
+
+from libs.bus import schemas
+from libs.bus.subjects import MessagingOps
+from libs.db.database import Database
+from libs.errors import Invalid
+from libs.testing.client import ChatClient, guild_with_members, uid
+from libs.testing.fixtures import Stack
+from libs.testing.wire_fuzz import metric_total
+from services.gateway.transport.socket_events import SocketGateway
+from services.messaging.adapters.store import Store
+from services.messaging.transport import bus_handlers
+from services.messaging.transport.bus_handlers import MessagingHandlers
+
+
+async def _people(http, cluster: Stack) -> tuple[list[ChatClient], dict]:
+    """Four users: two guilds (one shared by all, one by two of them), a DM between two,
+    a mutual friendship and a one-sided request."""
+    g1, g2 = cluster.gateways
+    a, b, c, d = [await ChatClient(http, (g1, g2)[i % 2], uid(f"rb{i}-")).login() for i in range(4)]
+    everyone = await guild_with_members(a, b, c, d, name="all")
+    await guild_with_members(b, c, name="two")
+    await a.api("POST", f"/guilds/{everyone['id']}/channels", {"name": "more", "kind": "text"}, expect=201)
+    for x, y in ((a, b), (b, a), (c, d)):  # a and b are friends; c only asked d
+        await x.api("PUT", f"/users/@me/friends/{y.user_id}")
+    sock = await a.connect()
+    assert (await sock.call("dm:send", {"recipient_id": c.user_id, "content": "hi", "nonce": "dm1"}))["ok"]
+    await a.close()
+    return [a, b, c, d], everyone
+
+
+async def test_ready_many_answers_each_user_as_ready_does(http, cluster: Stack):
+    people, _ = await _people(http, cluster)
+    db = Database(cluster.cluster.database_url)
+    await db.start()
+    try:
+        assert await db.wait_ready(10)
+        store = Store(db)
+        refs = [schemas.UserRef(id=u.user_id, name=u.name) for u in people]
+        new = schemas.UserRef(id=uid("rbnew-"), name="New")  # not in the database yet
+        renamed = schemas.UserRef(id=people[3].user_id, name="Renamed")
+        asked = [refs[2], refs[0], new, refs[1], refs[0], renamed]  # a user twice; d renamed
+        many = await store.ready_many(asked)
+        assert [r.user for r in many] == asked
+        for user, got in zip(asked, many, strict=True):
+            want = await store.ready(user)
+            assert msgspec.to_builtins(got) == msgspec.to_builtins(want), user
+        by_user = {r.user.id: r for r in many}
+        assert len(by_user[refs[1].id].guilds) == 2  # b is in both guilds
+        assert len(by_user[refs[0].id].guilds) == 1 and len(by_user[refs[0].id].channels) >= 3  # + the DM
+        assert by_user[refs[0].id].friend_ids == [refs[1].id]  # mutual only
+        assert by_user[refs[2].id].friend_ids == []
+        assert by_user[new.id].guilds == [] and by_user[new.id].channels == []
+        # both were recorded by ready_many itself (the rename too)
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT name FROM users WHERE id = $1", new.id) == "New"
+            assert await conn.fetchval("SELECT name FROM users WHERE id = $1", renamed.id) == "Renamed"
+        assert await store.ready_many([]) == []
+    finally:
+        await db.close()
+
+
+async def test_a_reply_too_big_for_one_message_is_answered_in_parts(http, cluster: Stack, monkeypatch):
+    """Messaging stops a `ready_many` reply before it outgrows its byte budget (always
+    carrying one user); the gateway asks again for the rest until every user is answered."""
+    people, _ = await _people(http, cluster)
+    db = Database(cluster.cluster.database_url)
+    await db.start()
+    try:
+        assert await db.wait_ready(10)
+        store = Store(db)
+        handlers = MessagingHandlers(store, None, None, None, None)  # type: ignore[arg-type]
+        refs = [schemas.UserRef(id=u.user_id, name=u.name) for u in people]
+        one = len(schemas.dumps(await store.ready(refs[0])))
+        monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", one + 10)
+        part = await handlers.ready_many(schemas.ReadyMany(users=refs))
+        assert 1 <= len(part.replies) < len(refs)
+        assert [r.user.id for r in part.replies] == [r.id for r in refs[:len(part.replies)]]
+        monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", 1)  # never less than one user
+        assert len((await handlers.ready_many(schemas.ReadyMany(users=refs))).replies) == 1
+        with pytest.raises(Invalid):
+            await handlers.ready_many(schemas.ReadyMany(users=refs * 100))
+
+        # The gateway's side, against these handlers: requests until every user is answered.
+        calls: list[tuple[str, int]] = []
+
+        async def request(service: str, op: str, payload, reply_type):
+            calls.append((op, len(payload.users) if op == MessagingOps.READY_MANY else 1))
+            answer = await (handlers.ready_many(payload) if op == MessagingOps.READY_MANY else handlers.ready(payload))
+            return msgspec.json.decode(schemas.dumps(answer), type=reply_type)  # as it travels
+
+        gw = SocketGateway(socketio.AsyncServer(), types.SimpleNamespace(), None, None, None)  # type: ignore[arg-type]
+        gw.request = request  # type: ignore[method-assign]
+        replies = await gw._ready_batch(refs)
+        assert [r.user.id for r in replies] == [r.id for r in refs]
+        for ref, got in zip(refs, replies, strict=True):
+            assert msgspec.to_builtins(got) == msgspec.to_builtins(await store.ready(ref))
+        assert calls == [(MessagingOps.READY_MANY, 4), (MessagingOps.READY_MANY, 3), (MessagingOps.READY_MANY, 2),
+                         (MessagingOps.READY_MANY, 1)]
+        calls.clear()
+        assert [r.user.id for r in await gw._ready_batch(refs[:1])] == [refs[0].id]
+        assert calls == [(MessagingOps.READY, 1)]  # alone: the single request
+    finally:
+        await db.close()
+
+
+async def test_a_connect_burst_is_batched_and_each_client_gets_its_own_ready(http, cluster: Stack):
+    g1 = cluster.gateways[0]
+    owner = await ChatClient(http, g1, uid("rbo-")).login()
+    members = [await ChatClient(http, g1, uid(f"rbm{i}-")).login() for i in range(10)]
+    loners = [await ChatClient(http, g1, uid(f"rbl{i}-")).login() for i in range(30)]
+    guild = await guild_with_members(owner, *members)
+    (gw,) = [p for p in cluster.cluster.gateways if g1.endswith(f":{p.public_port}")]
+    ops = f"http://127.0.0.1:{gw.ops_port}"
+    users_before = await metric_total(ops, "chat_db_batch_size_sum", batch="ready")
+    batches_before = await metric_total(ops, "chat_db_batch_size_count", batch="ready")
+
+    everyone = members + loners
+    socks = await asyncio.gather(*(u.connect() for u in everyone))
+    for user, sock in zip(everyone, socks, strict=True):
+        (ready,) = sock.events["ready"]
+        assert ready["user"]["id"] == user.user_id
+        assert [g["id"] for g in ready["guilds"]] == ([guild["id"]] if user in members else [])
+        assert (guild["text_channel"] in [c["id"] for c in ready["channels"]]) == (user in members)
+    users = await metric_total(ops, "chat_db_batch_size_sum", batch="ready") - users_before
+    batches = await metric_total(ops, "chat_db_batch_size_count", batch="ready") - batches_before
+    assert users == len(everyone)
+    assert batches < users  # some connects shared a request
+    for u in everyone + [owner]:
+        await u.close()
