@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -23,9 +24,11 @@ from services.messaging.transport import bus_handlers
 from services.messaging.transport.bus_handlers import MessagingHandlers
 
 
-async def _people(http, cluster: Stack) -> tuple[list[ChatClient], dict]:
-    """Four users: two guilds (one shared by all, one by two of them), a DM between two,
-    a mutual friendship and a one-sided request."""
+@pytest.fixture
+async def people(http, cluster: Stack) -> AsyncIterator[tuple[Store, Database, list[schemas.UserRef]]]:
+    """Four users (a messaging Store on the cluster's database, and their refs): two guilds
+    (one shared by all, one by two of them), a DM between two, a mutual friendship and a
+    one-sided request."""
     g1, g2 = cluster.gateways
     a, b, c, d = [await ChatClient(http, (g1, g2)[i % 2], uid(f"rb{i}-")).login() for i in range(4)]
     everyone = await guild_with_members(a, b, c, d, name="all")
@@ -36,82 +39,72 @@ async def _people(http, cluster: Stack) -> tuple[list[ChatClient], dict]:
     sock = await a.connect()
     assert (await sock.call("dm:send", {"recipient_id": c.user_id, "content": "hi", "nonce": "dm1"}))["ok"]
     await a.close()
-    return [a, b, c, d], everyone
-
-
-async def test_ready_many_answers_each_user_as_ready_does(http, cluster: Stack):
-    people, _ = await _people(http, cluster)
     db = Database(cluster.cluster.database_url)
     await db.start()
     try:
         assert await db.wait_ready(10)
-        store = Store(db)
-        refs = [schemas.UserRef(id=u.user_id, name=u.name) for u in people]
-        new = schemas.UserRef(id=uid("rbnew-"), name="New")  # not in the database yet
-        renamed = schemas.UserRef(id=people[3].user_id, name="Renamed")
-        asked = [refs[2], refs[0], new, refs[1], refs[0], renamed]  # a user twice; d renamed
-        many = await store.ready_many(asked)
-        assert [r.user for r in many] == asked
-        for user, got in zip(asked, many, strict=True):
-            want = await store.ready(user)
-            assert msgspec.to_builtins(got) == msgspec.to_builtins(want), user
-        by_user = {r.user.id: r for r in many}
-        assert len(by_user[refs[1].id].guilds) == 2  # b is in both guilds
-        assert len(by_user[refs[0].id].guilds) == 1 and len(by_user[refs[0].id].channels) >= 3  # + the DM
-        assert by_user[refs[0].id].friend_ids == [refs[1].id]  # mutual only
-        assert by_user[refs[2].id].friend_ids == []
-        assert by_user[new.id].guilds == [] and by_user[new.id].channels == []
-        # both were recorded by ready_many itself (the rename too)
-        async with db.connection() as conn:
-            assert await conn.fetchval("SELECT name FROM users WHERE id = $1", new.id) == "New"
-            assert await conn.fetchval("SELECT name FROM users WHERE id = $1", renamed.id) == "Renamed"
-        assert await store.ready_many([]) == []
+        yield Store(db), db, [schemas.UserRef(id=u.user_id, name=u.name) for u in (a, b, c, d)]
     finally:
         await db.close()
 
 
-async def test_a_reply_too_big_for_one_message_is_answered_in_parts(http, cluster: Stack, monkeypatch):
+async def test_ready_many_answers_each_user_as_ready_does(people):
+    store, db, refs = people
+    new = schemas.UserRef(id=uid("rbnew-"), name="New")  # not in the database yet
+    renamed = schemas.UserRef(id=refs[3].id, name="Renamed")
+    asked = [refs[2], refs[0], new, refs[1], refs[0], renamed]  # a user twice; d renamed
+    many = await store.ready_many(asked)
+    assert [r.user for r in many] == asked
+    for user, got in zip(asked, many, strict=True):
+        want = await store.ready(user)
+        assert msgspec.to_builtins(got) == msgspec.to_builtins(want), user
+    by_user = {r.user.id: r for r in many}
+    assert len(by_user[refs[1].id].guilds) == 2  # b is in both guilds
+    assert len(by_user[refs[0].id].guilds) == 1 and len(by_user[refs[0].id].channels) >= 3  # + the DM
+    assert by_user[refs[0].id].friend_ids == [refs[1].id]  # mutual only
+    assert by_user[refs[2].id].friend_ids == []
+    assert by_user[new.id].guilds == [] and by_user[new.id].channels == []
+    # both were recorded by ready_many itself (the rename too)
+    async with db.connection() as conn:
+        assert await conn.fetchval("SELECT name FROM users WHERE id = $1", new.id) == "New"
+        assert await conn.fetchval("SELECT name FROM users WHERE id = $1", renamed.id) == "Renamed"
+    assert await store.ready_many([]) == []
+
+
+async def test_a_reply_too_big_for_one_message_is_answered_in_parts(people, monkeypatch):
     """Messaging stops a `ready_many` reply before it outgrows its byte budget (always
     carrying one user); the gateway asks again for the rest until every user is answered."""
-    people, _ = await _people(http, cluster)
-    db = Database(cluster.cluster.database_url)
-    await db.start()
-    try:
-        assert await db.wait_ready(10)
-        store = Store(db)
-        handlers = MessagingHandlers(store, None, None, None, None)  # type: ignore[arg-type]
-        refs = [schemas.UserRef(id=u.user_id, name=u.name) for u in people]
-        one = len(schemas.dumps(await store.ready(refs[0])))
-        monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", one + 10)
-        part = await handlers.ready_many(schemas.ReadyMany(users=refs))
-        assert 1 <= len(part.replies) < len(refs)
-        assert [r.user.id for r in part.replies] == [r.id for r in refs[:len(part.replies)]]
-        monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", 1)  # never less than one user
-        assert len((await handlers.ready_many(schemas.ReadyMany(users=refs))).replies) == 1
-        with pytest.raises(Invalid):
-            await handlers.ready_many(schemas.ReadyMany(users=refs * 100))
+    store, _, refs = people
+    handlers = MessagingHandlers(store, None, None, None, None)  # type: ignore[arg-type]
+    one = len(schemas.dumps(await store.ready(refs[0])))
+    monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", one + 10)
+    part = await handlers.ready_many(schemas.ReadyMany(users=refs))
+    assert 1 <= len(part.replies) < len(refs)
+    assert [r.user.id for r in part.replies] == [r.id for r in refs[:len(part.replies)]]
+    monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", 1)  # never less than one user
+    assert len((await handlers.ready_many(schemas.ReadyMany(users=refs))).replies) == 1
+    with pytest.raises(Invalid):
+        await handlers.ready_many(schemas.ReadyMany(users=refs * 100))
 
-        # The gateway's side, against these handlers: requests until every user is answered.
-        calls: list[tuple[str, int]] = []
+    # The gateway's side, against these handlers: requests until every user is answered.
+    calls: list[tuple[str, int]] = []
 
-        async def request(service: str, op: str, payload, reply_type):
-            calls.append((op, len(payload.users) if op == MessagingOps.READY_MANY else 1))
-            answer = await (handlers.ready_many(payload) if op == MessagingOps.READY_MANY else handlers.ready(payload))
-            return msgspec.json.decode(schemas.dumps(answer), type=reply_type)  # as it travels
+    async def request(service: str, op: str, payload, reply_type):
+        calls.append((op, len(payload.users) if op == MessagingOps.READY_MANY else 1))
+        answer = await (handlers.ready_many(payload) if op == MessagingOps.READY_MANY else handlers.ready(payload))
+        return msgspec.json.decode(schemas.dumps(answer), type=reply_type)  # as it travels
 
-        gw = SocketGateway(socketio.AsyncServer(), types.SimpleNamespace(), None, None, None)  # type: ignore[arg-type]
-        gw.request = request  # type: ignore[method-assign]
-        replies = await gw._ready_batch(refs)
-        assert [r.user.id for r in replies] == [r.id for r in refs]
-        for ref, got in zip(refs, replies, strict=True):
-            assert msgspec.to_builtins(got) == msgspec.to_builtins(await store.ready(ref))
-        assert calls == [(MessagingOps.READY_MANY, 4), (MessagingOps.READY_MANY, 3), (MessagingOps.READY_MANY, 2),
-                         (MessagingOps.READY_MANY, 1)]
-        calls.clear()
-        assert [r.user.id for r in await gw._ready_batch(refs[:1])] == [refs[0].id]
-        assert calls == [(MessagingOps.READY, 1)]  # alone: the single request
-    finally:
-        await db.close()
+    gw = SocketGateway(socketio.AsyncServer(), types.SimpleNamespace(), None, None, None)  # type: ignore[arg-type]
+    gw.request = request  # type: ignore[method-assign]
+    replies = await gw._ready_batch(refs)
+    assert [r.user.id for r in replies] == [r.id for r in refs]
+    for ref, got in zip(refs, replies, strict=True):
+        assert msgspec.to_builtins(got) == msgspec.to_builtins(await store.ready(ref))
+    assert calls == [(MessagingOps.READY_MANY, 4), (MessagingOps.READY_MANY, 3), (MessagingOps.READY_MANY, 2),
+                     (MessagingOps.READY_MANY, 1)]
+    calls.clear()
+    assert [r.user.id for r in await gw._ready_batch(refs[:1])] == [refs[0].id]
+    assert calls == [(MessagingOps.READY, 1)]  # alone: the single request
 
 
 async def test_a_connect_burst_is_batched_and_each_client_gets_its_own_ready(http, cluster: Stack):
