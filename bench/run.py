@@ -429,6 +429,11 @@ def res(results: dict[str, Any], scenario: str, stack: str) -> dict[str, Any] | 
     return r["result"] if r and r.get("ok") else None
 
 
+def _connects(k: dict[str, Any]) -> int:
+    """Connects made in the measured connect phase (after the warm-up)."""
+    return max(1, int(k["count"]) - int(k["warm"]) - int(k["failed"]))
+
+
 def _first(phase: dict[str, Any]) -> str | None:
     f = phase.get("first_delivery")
     return f"{fmt(f['p50_ms'])} / {fmt(f['p99_ms'])}" if f and f.get("count") else None
@@ -617,7 +622,8 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     w(f"{sz.conn_count:,} WebSocket connections to **one** node process (after {100} warm-up connections), "
       "50 connects in flight (a failed connect is retried after 0.5–2 s, up to 5 attempts, and the retries "
       "count in the time); for this project each is an authenticated session (JWT check, `ready` "
-      "with the user's guilds from the messaging service), for the peers a bare Socket.IO connection. "
+      "with the user's guilds from the messaging service, a presence session), for the peers a bare Socket.IO "
+      "connection. "
       "RSS per connection = (RSS after the connects and an idle pause − RSS after warm-up) ÷ connections.")
     w("")
     w("| | " + " | ".join(STACK_LABEL[s] for s in stacks) + " |")
@@ -635,7 +641,20 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
     krow("node RSS with all connections (MB)", lambda k: k["rss_after_bytes"] / 2**20, 0)
     krow("load generator CPU while connecting (%)", lambda k: k["connect_phase"]["loadgen_cpu_pct"], 0)
     krow("node CPU while connecting (% of one core)", lambda k: 100 * k["connect_phase"]["cpu_s"]["nodes"] / k["connect_phase"]["wall_s"], 0)
+    krow("server CPU per connect, all server processes (ms)",
+         lambda k: 1000 * sum(k["connect_phase"]["cpu_s"].values()) / _connects(k), 2)
+    krow("load generator CPU per connect (ms)", lambda k: 1000 * k["connect_phase"]["loadgen_cpu_s"] / _connects(k), 2)
+    krow("machine busy while connecting (cores of the 2)", lambda k: k["connect_phase"]["machine_busy_cores"], 2)
     w("")
+    if K.get("ours"):
+        k = K["ours"]
+        per = {g: 1000 * v / _connects(k) for g, v in k["connect_phase"]["cpu_s"].items()}
+        lg = 1000 * k["connect_phase"]["loadgen_cpu_s"] / _connects(k)
+        w("This project's CPU per connect, by process group (ms): " + ", ".join(f"{g} {v:.2f}" for g, v in per.items())
+          + f". The load generator spent {lg:.2f} ms on each of these connects (the token, `ready`, the user's own "
+          f"`presence`): one load generator process at 100 % of its core could open at most {1000 / lg:,.0f} of "
+          "them per second, however fast the servers were.")
+        w("")
     if K.get("ours"):
         w(f"Ratios, this project ÷ Node / ÷ plain python-socketio: RSS per connection "
           f"{ratio(K['ours']['rss_per_conn_bytes'], (K.get('node') or {}).get('rss_per_conn_bytes'))} / "
