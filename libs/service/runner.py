@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from libs.bus.client import Bus
 from libs.config.common import CommonSettings, parse_thresholds
 from libs.config.settings import ConfigError, check_config, load
-from libs.observability import gc_tuning, metrics
+from libs.observability import gc_tuning, loop_lag, metrics
 from libs.observability.logging import setup_logging
 from libs.observability.tracing import setup_tracing, shutdown_tracing
 from libs.ops.server import OpsServer, Readiness
@@ -172,7 +172,9 @@ async def _main(service: str, node_id: str, settings: Any,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stop.set)
     loop.set_exception_handler(_loop_exception_handler)
+    lag_watch = asyncio.create_task(loop_lag.watch(), name="loop-lag")
     async with BoundedExitStack() as stack:
+        stack.push_async_callback(_cancel, lag_watch)
         await build(ctx, stack)  # connects in the background; never blocks on a dependency
         await ops.start()
         stack.push_async_callback(ops.stop)
@@ -187,6 +189,11 @@ async def _main(service: str, node_id: str, settings: Any,
         except TimeoutError:
             log.warning("%s: drain did not finish within the grace period", service)
     log.info("%s stopped", service)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _drain(ctx: ProcessContext) -> None:

@@ -52,8 +52,11 @@ KNOWN_METRICS = {
     "chat_bus_requests_total",
     "chat_dependency_up",
     "chat_process_ready",
+    "chat_process_event_loop_lag_seconds",
+    "chat_process_event_loop_lag_max_seconds",
 }
-HISTOGRAMS = {"chat_gateway_event_duration_seconds", "chat_bus_request_duration_seconds"}
+HISTOGRAMS = {"chat_gateway_event_duration_seconds", "chat_bus_request_duration_seconds",
+              "chat_process_event_loop_lag_seconds"}
 ALLOWED_SERIES = KNOWN_METRICS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}

@@ -29,7 +29,8 @@ SAFETY_REPORT_METRICS = {  # section 9 of the safety report, as /metrics/socket 
     "events_processed", "events_rejected", "circuit_breaker_trips", "memory_leaks_fixed", "redis_reconnections",
 }
 EVERY_PROCESS = {"chat_breaker_state", "chat_dependency_up", "chat_bus_handled_total", "chat_process_ready",
-                 "chat_process_asyncio_tasks"}
+                 "chat_process_asyncio_tasks", "chat_process_event_loop_lag_seconds",
+                 "chat_process_event_loop_lag_max_seconds"}
 GATEWAY = {"chat_gateway_connections_total", "chat_gateway_connections_active", "chat_gateway_connections_failed_total",
            "chat_gateway_messages_sent_total", "chat_gateway_messages_rejected_total",
            "chat_gateway_events_processed_total", "chat_gateway_events_rejected_total", "chat_breaker_trips_total",
