@@ -80,6 +80,8 @@ WITH u AS (
 ), """ + _READY_CTES.replace("USER_ID", "$1")
 # The users of a connect burst ($1 ids, $2 names; a user twice is answered once): one row
 # each, with its id. One statement instead of one round trip and one execution per user.
+# The batch is taken in id order, so two batches that write the same new users lock their
+# rows in the same order: neither can hold one row the other waits for while it waits.
 READY_MANY_SQL = """
 WITH batch AS (
     SELECT DISTINCT ON (id) id, name FROM unnest($1::text[], $2::text[]) AS t(id, name) ORDER BY id

@@ -86,7 +86,7 @@ return cjson.encode(out)
 # TTL (s); ARGV[3]: now (epoch seconds) -> JSON [[sessions before, [status hash as field,
 # value, ...]], ...], one per session in order. A user twice in the batch sees the first
 # session in the second's count; a session already recorded is not counted before itself.
-# One argument instead of ten commands per session: building that pipeline was most of
+# One argument instead of seven commands per session: building that pipeline was most of
 # presence's CPU in a connect burst.
 OPEN_LUA = """
 local sessions = cjson.decode(ARGV[1])
