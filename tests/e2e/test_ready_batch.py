@@ -131,3 +131,19 @@ async def test_a_connect_burst_is_batched_and_each_client_gets_its_own_ready(htt
     assert batches < users  # some connects shared a request
     for u in everyone + [owner]:
         await u.close()
+
+
+async def test_batches_of_the_same_new_users_at_once_all_succeed(people):
+    """Two gateways' batches with the same new users, given in opposite orders, at the same
+    moment: both are answered (the rows are locked in one order, so neither deadlocks)."""
+    store, db, _ = people
+    for round_ in range(5):
+        users = [schemas.UserRef(id=uid(f"rbc{round_}-{i}-"), name=f"C{i}") for i in range(40)]
+        first, second, third = await asyncio.gather(store.ready_many(users), store.ready_many(users[::-1]),
+                                                    store.ready_many(users[::2] + users[1::2]))
+        assert [r.user.id for r in first] == [u.id for u in users]
+        assert [r.user.id for r in second] == [u.id for u in users[::-1]]
+        assert len(third) == len(users)
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM users WHERE id = ANY($1::text[])",
+                                       [u.id for u in users]) == len(users)
