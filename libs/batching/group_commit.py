@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from libs.errors import ChatError
+from libs.errors import ChatError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ class GroupCommit(Generic[T, R]):
             self._size.observe(len(batch))
             await self._settle(batch)
         except asyncio.CancelledError:  # stopping: nobody is left without an answer
-            _fail(batch, asyncio.CancelledError())
+            # Unavailable, not CancelledError: a submitter would take that for its own
+            # cancellation and skip its error handling.
+            _fail(batch, Unavailable(f"{self.name}: stopping"))
             raise
         except Exception as exc:  # pragma: no cover - _settle answers every write itself
             log.exception("group commit %s: batch failed", self.name)
@@ -96,7 +98,14 @@ class GroupCommit(Generic[T, R]):
             _fail(batch, exc)
             return
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this batch's task is being stopped
+            # A future cancelled by someone else (a client library closing a connection)
+            # ended the call: every write of the batch fails as unavailable.
+            log.warning("group commit %s: a batch of %d was cancelled by another task", self.name, len(batch))
+            _fail(batch, Unavailable(f"{self.name}: cancelled"))
+            return
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch, exc)

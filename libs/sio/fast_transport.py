@@ -36,8 +36,12 @@ import socketio.packet
 from aiohttp import WSMsgType, web
 from engineio import async_socket, exceptions, packet
 from engineio.json import loads as _engineio_loads
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
+
+INBOX_CANCELLED = Counter("chat_sio_packet_handling_cancelled_total",
+                          "Packets whose handling was ended by a cancellation from another task")
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -323,6 +327,7 @@ class FastSocket(async_socket.AsyncSocket):
 
     async def _drain_inbox(self, inbox: deque[Any]) -> None:
         handler = self.server.handlers.get("message")
+        task = asyncio.current_task()
         try:
             while inbox:
                 item = inbox.popleft()
@@ -331,6 +336,14 @@ class FastSocket(async_socket.AsyncSocket):
                         await self.close(wait=False, abort=True, reason=item.reason)
                     elif handler is not None and not self.closed:
                         await handler(self.sid, item)
+                except asyncio.CancelledError:
+                    if task is None or task.cancelling():
+                        raise  # this task is being stopped
+                    # A future cancelled by someone else (a library, a stopping batch) ended
+                    # this packet's handling; the packets after it, a close among them,
+                    # are still handled: a lost close would leave its session behind.
+                    INBOX_CANCELLED.inc()
+                    log.warning("engine.io packet handling was cancelled by another task", extra={"sid": self.sid})
                 except Exception:
                     log.exception("engine.io packet handling failed")
         finally:

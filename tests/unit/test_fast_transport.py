@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import engineio
 import pytest
 import socketio.packet
 from engineio import packet
 
-from libs.sio.fast_transport import FastJson, FastPacket, packet_frame, ws_frame
+from libs.sio.fast_transport import FastJson, FastPacket, FastSocket, packet_frame, ws_frame
 
 TEXT, BINARY = 1, 2
 
@@ -79,3 +81,33 @@ def test_fast_packet_binary_check_agrees_with_python_socketio(data, binary):
     assert socketio.packet.Packet.data_is_binary(data) is binary
     kind = socketio.packet.BINARY_EVENT if binary else socketio.packet.EVENT
     assert FastPacket(socketio.packet.EVENT, data=data).packet_type == kind
+
+
+async def test_a_packet_cancelled_from_elsewhere_does_not_lose_what_follows_it():
+    """A socket's packets are handled in order by one task. When another task's cancellation
+    ends one packet's handling (a future it awaited was cancelled), the packets after it are
+    still handled, and the close among them still closes the socket."""
+    server = engineio.AsyncServer(async_mode="aiohttp")
+    cut = asyncio.get_running_loop().create_future()
+    handled: list[str] = []
+    closed = asyncio.Event()
+
+    async def on_message(sid: str, data: str) -> None:
+        handled.append(data)
+        if data == "first":
+            await cut
+
+    async def on_disconnect(sid: str, reason: object) -> None:
+        closed.set()
+
+    server.on("message", on_message)
+    server.on("disconnect", on_disconnect)
+    sock = FastSocket(server, "s1")
+    sock.receive_nowait(packet.Packet(packet.MESSAGE, "first"))
+    sock.receive_nowait(packet.Packet(packet.MESSAGE, "second"))
+    sock.closed_by_peer(server.reason.TRANSPORT_CLOSE)
+    await asyncio.sleep(0.01)
+    assert handled == ["first"]  # the others wait for it
+    cut.cancel()
+    await asyncio.wait_for(closed.wait(), 5)
+    assert handled == ["first", "second"] and sock.closed

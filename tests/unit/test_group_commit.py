@@ -72,3 +72,46 @@ async def test_a_cancelled_submitter_does_not_stop_the_others():
     with pytest.raises(asyncio.CancelledError):
         await a
     assert gc._inflight == 0 and not gc._waiting
+
+
+async def test_a_call_cancelled_from_elsewhere_fails_its_batch_as_unavailable():
+    """A future the call awaited was cancelled by another task (a client library closing its
+    connection): the batch's writers get `unavailable`, not a CancelledError they would take
+    for their own cancellation, and the next batch runs."""
+    cut = asyncio.get_running_loop().create_future()
+    calls = 0
+
+    async def run(items: list[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return [i * 2 for i in items] if await cut else []
+        return [i * 2 for i in items]
+
+    gc: GroupCommit[str, str] = GroupCommit(run, name="t", max_inflight=1)
+    first = asyncio.ensure_future(gc.submit("a"))
+    await asyncio.sleep(0)
+    cut.cancel()  # not the batch's task: someone else's future
+    with pytest.raises(Unavailable):
+        await first
+    assert await gc.submit("b") == "bb"
+    assert gc._inflight == 0
+
+
+async def test_a_stopped_batch_answers_its_writers_unavailable():
+    started = asyncio.Event()
+
+    async def run(items: list[str]) -> list[str]:
+        started.set()
+        await asyncio.sleep(10)
+        return items
+
+    gc: GroupCommit[str, str] = GroupCommit(run, name="t", max_inflight=1)
+    writes = [asyncio.ensure_future(gc.submit(i)) for i in "ab"]  # "a" goes, "b" waits for it
+    for _ in writes:
+        await started.wait()
+        started.clear()
+        for task in list(gc._tasks):
+            task.cancel()  # the process stopping
+    done = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(d, Unavailable) for d in done), done
