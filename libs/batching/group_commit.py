@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 from prometheus_client import Counter, Histogram
 
 from libs.errors import ChatError, Unavailable
+from libs.resilience.tasks import being_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,7 @@ class GroupCommit(Generic[T, R]):
             _fail(batch, exc)
             return
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+            if being_cancelled():
                 raise  # this batch's task is being stopped
             # A future cancelled by someone else (a client library closing a connection)
             # ended the call: every write of the batch fails as unavailable.

@@ -28,6 +28,7 @@ from libs.observability.tracing import setup_tracing, shutdown_tracing
 from libs.ops.server import OpsServer, Readiness
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import CircuitBreaker
+from libs.resilience.tasks import background
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=CommonSettings)
@@ -172,9 +173,8 @@ async def _main(service: str, node_id: str, settings: Any,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stop.set)
     loop.set_exception_handler(_loop_exception_handler)
-    lag_watch = asyncio.create_task(loop_lag.watch(), name="loop-lag")
     async with BoundedExitStack() as stack:
-        stack.push_async_callback(_cancel, lag_watch)
+        background(stack, loop_lag.watch(), "loop-lag")
         await build(ctx, stack)  # connects in the background; never blocks on a dependency
         await ops.start()
         stack.push_async_callback(ops.stop)
@@ -189,11 +189,6 @@ async def _main(service: str, node_id: str, settings: Any,
         except TimeoutError:
             log.warning("%s: drain did not finish within the grace period", service)
     log.info("%s stopped", service)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _drain(ctx: ProcessContext) -> None:

@@ -38,6 +38,8 @@ from engineio import async_socket, exceptions, packet
 from engineio.json import loads as _engineio_loads
 from prometheus_client import Counter
 
+from libs.resilience.tasks import being_cancelled
+
 log = logging.getLogger(__name__)
 
 INBOX_CANCELLED = Counter("chat_sio_packet_handling_cancelled_total",
@@ -327,7 +329,6 @@ class FastSocket(async_socket.AsyncSocket):
 
     async def _drain_inbox(self, inbox: deque[Any]) -> None:
         handler = self.server.handlers.get("message")
-        task = asyncio.current_task()
         try:
             while inbox:
                 item = inbox.popleft()
@@ -337,7 +338,7 @@ class FastSocket(async_socket.AsyncSocket):
                     elif handler is not None and not self.closed:
                         await handler(self.sid, item)
                 except asyncio.CancelledError:
-                    if task is None or task.cancelling():
+                    if being_cancelled():
                         raise  # this task is being stopped
                     # A future cancelled by someone else (a library, a stopping batch) ended
                     # this packet's handling; the packets after it, a close among them,

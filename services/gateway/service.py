@@ -12,6 +12,7 @@ from aiohttp import web
 from libs.auth.tokens import TokenVerifier
 from libs.bus import schemas, subjects
 from libs.ratelimit.limiter import RateLimiter
+from libs.resilience.tasks import background
 from libs.service.runner import ProcessContext
 from libs.sio import ws_server
 from libs.sio.redis_manager import ResilientRedisManager
@@ -60,14 +61,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     mod_events.register(gateway)
     voice_events.register(gateway)
     presence_events.register(gateway)
-    jobs: list[asyncio.Future[None]] = [asyncio.ensure_future(job()) for job in gateway.background]
-
-    async def stop_jobs() -> None:
-        for t in jobs:
-            t.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
-
-    stack.push_async_callback(stop_jobs)
+    for job in gateway.background:
+        background(stack, job(), getattr(job, "__name__", "gateway-job"))
 
     async def on_control(msg) -> None:  # type: ignore[no-untyped-def]
         ok = True

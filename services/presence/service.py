@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 
 import redis.asyncio as aioredis
 
+from libs.resilience.tasks import background
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
 from services.presence.adapters.presence_store import PresenceStore
@@ -59,16 +60,9 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
             await asyncio.sleep(interval)
             await guarded(handlers, job)
 
-    tasks = [asyncio.create_task(sweep_loop(), name="presence-sweep"),
-             asyncio.create_task(every(s.node_check_s, presence.check_nodes), name="node-check"),
-             asyncio.create_task(every(s.stale_sweep_s, presence.sweep_stale), name="stale-sweep")]
-
-    async def stop_tasks() -> None:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    stack.push_async_callback(stop_tasks)
+    background(stack, sweep_loop(), "presence-sweep")
+    background(stack, every(s.node_check_s, presence.check_nodes), "node-check")
+    background(stack, every(s.stale_sweep_s, presence.sweep_stale), "stale-sweep")
     ctx.drain_hooks.append(bus.unsubscribe_all)
     add_status_routes(ctx, lambda: {"redis": emitter.health(), "nats": bus.health()})
 

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from prometheus_client import Gauge
 
 from libs.errors import ChatError
+from libs.resilience.tasks import background
 from libs.service.runner import ProcessContext
 from libs.service.standard import add_status_routes, register_ping
 from services.voice_bridge.adapters.livekit import LiveKit
@@ -45,8 +46,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     await register_ping(ctx)
     webhook.install(ctx.ops.add_post, livekit, handlers)
 
-    sampler = asyncio.create_task(_sample_sizes(store), name="voice-sampler")
-    stack.push_async_callback(_cancel, sampler)
+    background(stack, _sample_sizes(store), "voice-sampler")
 
     ctx.drain_hooks.append(bus.unsubscribe_all)
     add_status_routes(ctx, lambda: {"nats": bus.health(), "redis": emitter.health(), "voice_store": store.health(),
@@ -60,8 +60,3 @@ async def _sample_sizes(store: VoiceStateStore) -> None:
         except ChatError as exc:
             log.debug("voice size sample skipped: %s", exc.code)
         await asyncio.sleep(SAMPLE_INTERVAL_S)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

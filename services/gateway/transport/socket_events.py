@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -107,7 +107,7 @@ class SocketGateway:
         # Extra GatewayControl ops a feature handles itself (op -> handler).
         self.control_ops: dict[str, Callable[[schemas.GatewayControl], Awaitable[None]]] = {}
         # Long-running jobs of features (started and cancelled with the process).
-        self.background: list[Callable[[], Awaitable[None]]] = []
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.connect_hooks: list[Callable[[Session, schemas.ReadyReply, dict[str, Any]], Awaitable[None]]] = []
         self._register_events()
         sio.on("connect", self.on_connect)
