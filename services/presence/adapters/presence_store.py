@@ -61,12 +61,22 @@ def _chosen(raw: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
+def _lua(src: str) -> str:
+    """A script with the key names above in place of ``%(name)s`` (``%`` formatting would
+    need every other ``%`` doubled, ``.format`` every Lua brace)."""
+    names = {"sessions": SESSIONS_PREFIX, "status": STATUS_PREFIX, "audience": AUDIENCE_PREFIX,
+             "node": NODE_PREFIX, "offline": OFFLINE_DUE, "nodes": NODES}
+    for name, value in names.items():
+        src = src.replace(f"%({name})s", value)
+    return src
+
+
 # ARGV[1]: a JSON array of user ids -> JSON [[index, sessions, status, activity, since], ...]
 # for the users with at least one session (index is 1-based into the array). The user ids go
 # as one argument and the script names the keys it reads (as the voice scripts do: a single
 # Redis or Sentinel, not Redis Cluster): a lookup of a few thousand contacts in a reconnect
 # storm spent most of presence's CPU packing two key arguments each.
-MANY_LUA = """
+MANY_LUA = _lua("""
 local users = cjson.decode(ARGV[1])
 local out = {}
 for i = 1, #users do
@@ -78,7 +88,7 @@ for i = 1, #users do
 end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
-""".replace("%(sessions)s", SESSIONS_PREFIX).replace("%(status)s", STATUS_PREFIX)
+""")
 
 
 # Opening sessions, for a batch of them in one call and (a script) one atomic step.
@@ -88,7 +98,7 @@ return cjson.encode(out)
 # session in the second's count; a session already recorded is not counted before itself.
 # One argument instead of seven commands per session: building that pipeline was most of
 # presence's CPU in a connect burst.
-OPEN_LUA = """
+OPEN_LUA = _lua("""
 local sessions = cjson.decode(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local out = {}
@@ -116,9 +126,7 @@ for node, members in pairs(nodes) do
   redis.call('HSETNX', '%(nodes)s', node, ARGV[3])
 end
 return cjson.encode(out)
-""".replace("%(sessions)s", SESSIONS_PREFIX).replace("%(status)s", STATUS_PREFIX).replace(
-    "%(audience)s", AUDIENCE_PREFIX).replace("%(node)s", NODE_PREFIX).replace(
-    "%(offline)s", OFFLINE_DUE).replace("%(nodes)s", NODES)
+""")
 
 
 class PresenceStore:
