@@ -25,7 +25,8 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     stack.push_async_callback(outbox.stop)
 
     store = Store(db, send_batch_max=s.send_batch_max, send_batches_inflight=s.send_batches_inflight)
-    handlers = MessagingHandlers(store, GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size)
+    handlers = MessagingHandlers(store, GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size,
+                                 ready_reply_max_bytes=s.ready_reply_max_bytes)
     await handlers.register()
     await register_ping(ctx)
     ctx.drain_hooks.append(bus.unsubscribe_all)

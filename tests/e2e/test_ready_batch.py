@@ -4,23 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import types
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-import socketio
 
 from libs.bus import schemas
-from libs.bus.subjects import MessagingOps
 from libs.db.database import Database
 from libs.errors import Invalid
 from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
 from libs.testing.wire_fuzz import metric_total
-from services.gateway.transport.socket_events import SocketGateway
 from services.messaging.adapters.store import Store
-from services.messaging.transport import bus_handlers
 from services.messaging.transport.bus_handlers import MessagingHandlers
 
 
@@ -71,40 +66,50 @@ async def test_ready_many_answers_each_user_as_ready_does(people):
     assert await store.ready_many([]) == []
 
 
-async def test_a_reply_too_big_for_one_message_is_answered_in_parts(people, monkeypatch):
-    """Messaging stops a `ready_many` reply before it outgrows its byte budget (always
-    carrying one user); the gateway asks again for the rest until every user is answered."""
+async def test_a_reply_too_big_for_its_budget_carries_the_first_users(people):
+    """Messaging stops a `ready_many` reply before it outgrows its byte budget, always
+    carrying one user, and refuses more users than one request may hold."""
     store, _, refs = people
-    handlers = MessagingHandlers(store, None, None, None, None)  # type: ignore[arg-type]
     one = len(schemas.dumps(await store.ready(refs[0])))
-    monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", one + 10)
+    handlers = MessagingHandlers(store, None, None, None, None,  # type: ignore[arg-type]
+                                 ready_reply_max_bytes=one + 10)
     part = await handlers.ready_many(schemas.ReadyMany(users=refs))
     assert 1 <= len(part.replies) < len(refs)
     assert [r.user.id for r in part.replies] == [r.id for r in refs[:len(part.replies)]]
-    monkeypatch.setattr(bus_handlers, "READY_REPLY_MAX_BYTES", 1)  # never less than one user
+    handlers.ready_reply_max_bytes = 1  # never less than one user
     assert len((await handlers.ready_many(schemas.ReadyMany(users=refs))).replies) == 1
     with pytest.raises(Invalid):
         await handlers.ready_many(schemas.ReadyMany(users=refs * 100))
 
-    # The gateway's side, against these handlers: requests until every user is answered.
-    calls: list[tuple[str, int]] = []
 
-    async def request(service: str, op: str, payload, reply_type):
-        calls.append((op, len(payload.users) if op == MessagingOps.READY_MANY else 1))
-        answer = await (handlers.ready_many(payload) if op == MessagingOps.READY_MANY else handlers.ready(payload))
-        return msgspec.json.decode(schemas.dumps(answer), type=reply_type)  # as it travels
-
-    gw = SocketGateway(socketio.AsyncServer(), types.SimpleNamespace(), None, None, None)  # type: ignore[arg-type]
-    gw.request = request  # type: ignore[method-assign]
-    replies = await gw._ready_batch(refs)
-    assert [r.user.id for r in replies] == [r.id for r in refs]
-    for ref, got in zip(refs, replies, strict=True):
-        assert msgspec.to_builtins(got) == msgspec.to_builtins(await store.ready(ref))
-    assert calls == [(MessagingOps.READY_MANY, 4), (MessagingOps.READY_MANY, 3), (MessagingOps.READY_MANY, 2),
-                     (MessagingOps.READY_MANY, 1)]
-    calls.clear()
-    assert [r.user.id for r in await gw._ready_batch(refs[:1])] == [refs[0].id]
-    assert calls == [(MessagingOps.READY, 1)]  # alone: the single request
+async def test_the_gateway_asks_again_until_every_user_of_a_batch_is_answered(http, own_stack):
+    """With a reply budget that fits one user, every `ready_many` answer is cut short: the
+    gateway asks again for the rest, and each client of a connect burst still gets its own
+    `ready`."""
+    stack = own_stack(CHAT_READY_REPLY_MAX_BYTES="1")
+    g1 = stack.gateways[0]
+    owner = await ChatClient(http, g1, uid("rpo-")).login()
+    members = [await ChatClient(http, g1, uid(f"rpm{i}-")).login() for i in range(8)]
+    loners = [await ChatClient(http, g1, uid(f"rpl{i}-")).login() for i in range(16)]
+    guild = await guild_with_members(owner, *members)
+    everyone = members + loners
+    socks = await asyncio.gather(*(u.connect() for u in everyone))
+    for user, sock in zip(everyone, socks, strict=True):
+        (ready,) = sock.events["ready"]
+        assert ready["user"]["id"] == user.user_id
+        assert [g["id"] for g in ready["guilds"]] == ([guild["id"]] if user in members else [])
+    (messaging,) = [p for p in stack.cluster.processes if p.module == "messaging"]
+    (gw,) = [p for p in stack.cluster.gateways if g1.endswith(f":{p.public_port}")]
+    partial = await metric_total(f"http://127.0.0.1:{messaging.ops_port}", "chat_messaging_ready_partial_total")
+    gw_ops = f"http://127.0.0.1:{gw.ops_port}"
+    requests = await metric_total(gw_ops, "chat_bus_request_duration_seconds_count",
+                                  subject="chat.svc.messaging.ready_many")
+    batched = await metric_total(gw_ops, "chat_db_batch_size_count", batch="ready") - \
+        await metric_total(gw_ops, "chat_db_batch_size_bucket", batch="ready", le="1.0")
+    assert batched >= 1 and partial >= 1  # some connects went together, and their replies in parts
+    assert requests > batched  # the gateway asked again
+    for u in everyone + [owner]:
+        await u.close()
 
 
 async def test_a_connect_burst_is_batched_and_each_client_gets_its_own_ready(http, cluster: Stack):

@@ -31,13 +31,14 @@ EMITS = Counter("chat_messaging_room_emits_total", "Room events handed to the So
 READY_PARTIAL = Counter("chat_messaging_ready_partial_total",
                         "ready_many replies cut short to stay under the bus's payload limit")
 READY_MANY_MAX = 256  # users in one ready_many request
-READY_REPLY_MAX_BYTES = 512 * 1024  # half of NATS' default payload limit
 
 
 class MessagingHandlers:
     def __init__(self, store: Store, guilds: GuildStore, bus: Bus, emitter: ResilientRedisManager,
-                 outbox: OutboxPublisher, sync_page_size: int = 100, sync_budget: int = 1000) -> None:
+                 outbox: OutboxPublisher, sync_page_size: int = 100, sync_budget: int = 1000,
+                 ready_reply_max_bytes: int = 512 * 1024) -> None:
         self.store = store
+        self.ready_reply_max_bytes = ready_reply_max_bytes  # half of NATS' default payload limit
         self.guilds = guilds
         self.sync_page_size = sync_page_size
         self.sync_budget = sync_budget
@@ -82,7 +83,7 @@ class MessagingHandlers:
 
     async def ready_many(self, req: schemas.ReadyMany) -> schemas.ReadyManyReply:
         """`ready` for the users of a connect burst, in one statement. The reply stops
-        before the user whose `ready` would take it past READY_REPLY_MAX_BYTES (always
+        before the user whose `ready` would take it past ``ready_reply_max_bytes`` (always
         carrying the first); the gateway asks again for the rest."""
         if len(req.users) > READY_MANY_MAX:
             raise Invalid(f"at most {READY_MANY_MAX} users in one ready_many request")
@@ -90,7 +91,7 @@ class MessagingHandlers:
         size = 0
         for i, reply in enumerate(replies):
             size += len(schemas.dumps(reply))
-            if size > READY_REPLY_MAX_BYTES and i > 0:
+            if size > self.ready_reply_max_bytes and i > 0:
                 READY_PARTIAL.inc()
                 log.info("ready_many: answering %d of %d users (%d bytes)", i, len(replies), size)
                 return schemas.ReadyManyReply(replies=replies[:i])
