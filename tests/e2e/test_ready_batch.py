@@ -87,55 +87,53 @@ async def test_the_gateway_asks_again_until_every_user_of_a_batch_is_answered(ht
     gateway asks again for the rest, and each client of a connect burst still gets its own
     `ready`."""
     stack = own_stack(CHAT_READY_REPLY_MAX_BYTES="1")
-    g1 = stack.gateways[0]
-    owner = await ChatClient(http, g1, uid("rpo-")).login()
-    members = [await ChatClient(http, g1, uid(f"rpm{i}-")).login() for i in range(8)]
-    loners = [await ChatClient(http, g1, uid(f"rpl{i}-")).login() for i in range(16)]
-    guild = await guild_with_members(owner, *members)
-    everyone = members + loners
-    socks = await asyncio.gather(*(u.connect() for u in everyone))
-    for user, sock in zip(everyone, socks, strict=True):
-        (ready,) = sock.events["ready"]
-        assert ready["user"]["id"] == user.user_id
-        assert [g["id"] for g in ready["guilds"]] == ([guild["id"]] if user in members else [])
+    everyone = await _connect_burst(http, stack, "rp", members=8, loners=16)
     (messaging,) = [p for p in stack.cluster.processes if p.module == "messaging"]
-    (gw,) = [p for p in stack.cluster.gateways if g1.endswith(f":{p.public_port}")]
     partial = await metric_total(f"http://127.0.0.1:{messaging.ops_port}", "chat_messaging_ready_partial_total")
-    gw_ops = f"http://127.0.0.1:{gw.ops_port}"
-    requests = await metric_total(gw_ops, "chat_bus_request_duration_seconds_count",
-                                  subject="chat.svc.messaging.ready_many")
-    batched = await metric_total(gw_ops, "chat_db_batch_size_count", batch="ready") - \
-        await metric_total(gw_ops, "chat_db_batch_size_bucket", batch="ready", le="1.0")
+    ops = _ops(stack)
+    requests = await metric_total(ops, "chat_bus_request_duration_seconds_count", subject="chat.svc.messaging.ready_many")
+    batched = await metric_total(ops, "chat_db_batch_size_count", batch="ready") - \
+        await metric_total(ops, "chat_db_batch_size_bucket", batch="ready", le="1.0")
     assert batched >= 1 and partial >= 1  # some connects went together, and their replies in parts
     assert requests > batched  # the gateway asked again
-    for u in everyone + [owner]:
+    for u in everyone:
         await u.close()
 
 
 async def test_a_connect_burst_is_batched_and_each_client_gets_its_own_ready(http, cluster: Stack):
-    g1 = cluster.gateways[0]
-    owner = await ChatClient(http, g1, uid("rbo-")).login()
-    members = [await ChatClient(http, g1, uid(f"rbm{i}-")).login() for i in range(10)]
-    loners = [await ChatClient(http, g1, uid(f"rbl{i}-")).login() for i in range(30)]
-    guild = await guild_with_members(owner, *members)
-    (gw,) = [p for p in cluster.cluster.gateways if g1.endswith(f":{p.public_port}")]
-    ops = f"http://127.0.0.1:{gw.ops_port}"
+    ops = _ops(cluster)
     users_before = await metric_total(ops, "chat_db_batch_size_sum", batch="ready")
     batches_before = await metric_total(ops, "chat_db_batch_size_count", batch="ready")
-
-    everyone = members + loners
-    socks = await asyncio.gather(*(u.connect() for u in everyone))
-    for user, sock in zip(everyone, socks, strict=True):
-        (ready,) = sock.events["ready"]
-        assert ready["user"]["id"] == user.user_id
-        assert [g["id"] for g in ready["guilds"]] == ([guild["id"]] if user in members else [])
-        assert (guild["text_channel"] in [c["id"] for c in ready["channels"]]) == (user in members)
+    everyone = await _connect_burst(http, cluster, "rb", members=10, loners=30)
     users = await metric_total(ops, "chat_db_batch_size_sum", batch="ready") - users_before
     batches = await metric_total(ops, "chat_db_batch_size_count", batch="ready") - batches_before
-    assert users == len(everyone)
+    assert users == len(everyone) - 1  # all but the guild's owner, who never connected
     assert batches < users  # some connects shared a request
-    for u in everyone + [owner]:
+    for u in everyone:
         await u.close()
+
+
+def _ops(stack: Stack) -> str:
+    """The ops URL of the gateway process behind ``stack.gateways[0]``."""
+    (gw,) = [p for p in stack.cluster.gateways if stack.gateways[0].endswith(f":{p.public_port}")]
+    return f"http://127.0.0.1:{gw.ops_port}"
+
+
+async def _connect_burst(http, stack: Stack, prefix: str, *, members: int, loners: int) -> list[ChatClient]:
+    """Users of one guild and users of none, all connected at once to the first gateway:
+    each gets its own `ready`. Returns them all, the guild's owner (not connected) last."""
+    g1 = stack.gateways[0]
+    owner = await ChatClient(http, g1, uid(f"{prefix}o-")).login()
+    in_guild = [await ChatClient(http, g1, uid(f"{prefix}m{i}-")).login() for i in range(members)]
+    alone = [await ChatClient(http, g1, uid(f"{prefix}l{i}-")).login() for i in range(loners)]
+    guild = await guild_with_members(owner, *in_guild)
+    socks = await asyncio.gather(*(u.connect() for u in in_guild + alone))
+    for user, sock in zip(in_guild + alone, socks, strict=True):
+        (ready,) = sock.events["ready"]
+        assert ready["user"]["id"] == user.user_id
+        assert [g["id"] for g in ready["guilds"]] == ([guild["id"]] if user in in_guild else [])
+        assert (guild["text_channel"] in [c["id"] for c in ready["channels"]]) == (user in in_guild)
+    return in_guild + alone + [owner]
 
 
 async def test_batches_of_the_same_new_users_at_once_all_succeed(people):
