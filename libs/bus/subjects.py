@@ -75,6 +75,7 @@ class MessagingOps:
     DM_SEND = "dm_send"
     HISTORY = "history"
     SYNC = "sync"
+    SYNC_MANY = "sync_many"
     CHANNEL_ACCESS = "channel_access"
     GUILD_CREATE = "guild_create"
     GUILD_GET = "guild_get"

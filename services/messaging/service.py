@@ -26,7 +26,7 @@ async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
 
     store = Store(db, send_batch_max=s.send_batch_max, send_batches_inflight=s.send_batches_inflight)
     handlers = MessagingHandlers(store, GuildStore(db), bus, emitter, outbox, sync_page_size=s.sync_page_size,
-                                 ready_reply_max_bytes=s.ready_reply_max_bytes)
+                                 reply_max_bytes=s.reply_max_bytes)
     await handlers.register()
     await register_ping(ctx)
     ctx.drain_hooks.append(bus.unsubscribe_all)

@@ -16,9 +16,10 @@ class MessagingSettings(CommonSettings):
     db_acquire_timeout_s: float = setting(2.0, "Postgres pool: acquire timeout")
     db_statement_timeout_ms: int = setting(5000, "Postgres statement timeout")
     sync_page_size: int = setting(100, "Events per channel in one sync answer")
-    ready_reply_max_bytes: int = setting(
-        512 * 1024, "ready_many: a reply stops before the user whose `ready` would take it past this many bytes "
-                    "(keep it under NATS' max_payload); the gateway asks again for the rest")
+    reply_max_bytes: int = setting(
+        512 * 1024, "Largest reply to a batch or a sync (keep it under NATS' max_payload): ready_many and sync_many "
+                    "answer the calls that fit and the gateway asks again for the rest; a sync's events stop "
+                    "there with complete false and the client calls again")
     outbox_linger_ms: int = setting(50, "Outbox: after new events, wait this long so they go to JetStream together")
     send_batch_max: int = setting(64, "Group commit: most messages stored by one Postgres call and commit")
     send_batches_inflight: int = setting(

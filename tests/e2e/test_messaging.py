@@ -312,7 +312,7 @@ async def test_sync_of_several_channels_keeps_order_errors_and_budget(http, clus
         store = Store(db)
         me = schemas.UserRef(id=alice.user_id, name=alice.name)
         asked = {ch1: 0, "abc": 0, other["text_channel"]: 0, ch2: 1, "999999999999": 0}
-        got = await store.sync(me, asked, page=3, budget=4)
+        got = (await store.sync(me, asked, page=3, budget=4)).channels
         assert list(got) == list(asked)  # the order given
         one, two = got[ch1], got[ch2]
         assert [msgspec.json.decode(e)["seq"] for e in one.events] == [1, 2, 3] and not one.complete  # a page
@@ -321,11 +321,11 @@ async def test_sync_of_several_channels_keeps_order_errors_and_budget(http, clus
         for refused in ("abc", other["text_channel"], "999999999999"):
             assert got[refused].error is not None and got[refused].error.code == "not_found", refused
         # enough budget: everything after the given seqs, complete
-        got = await store.sync(me, {ch2: 1, ch1: 3}, page=100, budget=1000)
+        got = (await store.sync(me, {ch2: 1, ch1: 3}, page=100, budget=1000)).channels
         assert [msgspec.json.decode(e)["seq"] for e in got[ch2].events] == [2, 3] and got[ch2].complete
         assert [msgspec.json.decode(e)["seq"] for e in got[ch1].events] == [4, 5] and got[ch1].complete
         # nothing missed: complete with no events; budget 0: nothing, not complete where events remain
-        got = await store.sync(me, {ch1: 5, ch2: 0}, page=100, budget=0)
+        got = (await store.sync(me, {ch1: 5, ch2: 0}, page=100, budget=0)).channels
         assert got[ch1].events == [] and got[ch1].complete
         assert got[ch2].events == [] and not got[ch2].complete
     finally:

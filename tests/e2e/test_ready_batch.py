@@ -72,11 +72,11 @@ async def test_a_reply_too_big_for_its_budget_carries_the_first_users(people):
     store, _, refs = people
     one = len(schemas.dumps(await store.ready(refs[0])))
     handlers = MessagingHandlers(store, None, None, None, None,  # type: ignore[arg-type]
-                                 ready_reply_max_bytes=one + 10)
+                                 reply_max_bytes=one + 10)
     part = await handlers.ready_many(schemas.ReadyMany(users=refs))
     assert 1 <= len(part.replies) < len(refs)
     assert [r.user.id for r in part.replies] == [r.id for r in refs[:len(part.replies)]]
-    handlers.ready_reply_max_bytes = 1  # never less than one user
+    handlers.reply_max_bytes = 1  # never less than one user
     assert len((await handlers.ready_many(schemas.ReadyMany(users=refs))).replies) == 1
     with pytest.raises(Invalid):
         await handlers.ready_many(schemas.ReadyMany(users=refs * 100))
@@ -86,10 +86,11 @@ async def test_the_gateway_asks_again_until_every_user_of_a_batch_is_answered(ht
     """With a reply budget that fits one user, every `ready_many` answer is cut short: the
     gateway asks again for the rest, and each client of a connect burst still gets its own
     `ready`."""
-    stack = own_stack(CHAT_READY_REPLY_MAX_BYTES="1")
+    stack = own_stack(CHAT_REPLY_MAX_BYTES="1")
     everyone = await _connect_burst(http, stack, "rp", members=8, loners=16)
     (messaging,) = [p for p in stack.cluster.processes if p.module == "messaging"]
-    partial = await metric_total(f"http://127.0.0.1:{messaging.ops_port}", "chat_messaging_ready_partial_total")
+    partial = await metric_total(f"http://127.0.0.1:{messaging.ops_port}", "chat_messaging_replies_partial_total",
+                                 op="ready_many")
     ops = _ops(stack)
     requests = await metric_total(ops, "chat_bus_request_duration_seconds_count", subject="chat.svc.messaging.ready_many")
     batched = await metric_total(ops, "chat_db_batch_size_count", batch="ready") - \

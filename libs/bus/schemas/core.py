@@ -257,6 +257,19 @@ class SyncReply(Struct):
     channels: dict[str, SyncChannel]
 
 
+class SyncMany(Struct):
+    """`sync` calls a gateway received while its previous sync request was in flight (a
+    reconnect storm): messaging answers them with one statement."""
+
+    calls: list[SyncRequest]
+
+
+class SyncManyReply(Struct):
+    # One per call, in the request's order. Fewer when all would not fit in one reply: the
+    # gateway asks again for the calls after the last one answered.
+    replies: list[SyncReply]
+
+
 class CreateChannel(Struct):
     user: UserRef
     guild_id: str

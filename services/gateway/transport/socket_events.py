@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 import socketio
@@ -45,6 +45,10 @@ DisconnectHook = Callable[[Session, bool], Awaitable[None]]
 ConnectCheck = Callable[[schemas.UserRef, str], Awaitable[None]]
 READY_BATCH_MAX = 64  # users in one `ready` request to messaging
 READY_BATCHES_INFLIGHT = 2  # while these run, further connects' `ready` waits for the next batch
+SYNC_BATCH_MAX = 64  # calls in one `sync` request to messaging
+SYNC_BATCHES_INFLIGHT = 2
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,22 @@ def ok(**data: Any) -> Ack:
 
 def err(exc: ChatError) -> Ack:
     return {"ok": False, "error": exc.to_dict()}
+
+
+async def _in_batches(items: list[T], one: Callable[[T], Awaitable[R]],
+                      many: Callable[[list[T]], Awaitable[list[R]]]) -> list[R]:
+    """The answers to a batch of calls to a service: alone, a call goes as itself (``one``);
+    together, as one request (``many``), asked again for the calls after the last one
+    answered while a reply too big for the bus carries only the first ones."""
+    if len(items) == 1:
+        return [await one(items[0])]
+    answers: list[R] = []
+    while len(answers) < len(items):
+        part = await many(items[len(answers):])
+        if not part:
+            raise Internal("a batch request was answered for none of its calls")
+        answers.extend(part)
+    return answers
 
 
 def client_ip(environ: dict[str, Any], trusted_header: str) -> str:
@@ -101,6 +121,9 @@ class SocketGateway:
         # batch of users instead of one per user; alone, a connect is sent at once.
         self._readies: GroupCommit[schemas.UserRef, schemas.ReadyReply] = GroupCommit(
             self._ready_batch, name="ready", max_batch=READY_BATCH_MAX, max_inflight=READY_BATCHES_INFLIGHT)
+        # The same for `sync`: a reconnect storm's clients all ask for what they missed.
+        self._syncs: GroupCommit[schemas.SyncRequest, dict[str, Any]] = GroupCommit(
+            self._sync_batch, name="sync", max_batch=SYNC_BATCH_MAX, max_inflight=SYNC_BATCHES_INFLIGHT)
         self.events: dict[str, EventSpec] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
         self.connect_checks: list[ConnectCheck] = []
@@ -157,17 +180,25 @@ class SocketGateway:
                 self._admission.release()
 
     async def _ready_batch(self, users: list[schemas.UserRef]) -> list[schemas.ReadyReply]:
-        if len(users) == 1:
-            return [await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=users[0]),
-                                       schemas.ReadyReply)]
-        replies: list[schemas.ReadyReply] = []
-        while len(replies) < len(users):  # a reply too big for one message carries the first ones
-            reply = await self.request("messaging", MessagingOps.READY_MANY,
-                                       schemas.ReadyMany(users=users[len(replies):]), schemas.ReadyManyReply)
-            if not reply.replies:
-                raise Internal("ready_many answered no user")
-            replies.extend(reply.replies)
-        return replies
+        async def one(user: schemas.UserRef) -> schemas.ReadyReply:
+            return await self.request("messaging", MessagingOps.READY, schemas.ReadyRequest(user=user),
+                                      schemas.ReadyReply)
+
+        async def many(rest: list[schemas.UserRef]) -> list[schemas.ReadyReply]:
+            return (await self.request("messaging", MessagingOps.READY_MANY, schemas.ReadyMany(users=rest),
+                                       schemas.ReadyManyReply)).replies
+
+        return await _in_batches(users, one, many)
+
+    async def _sync_batch(self, calls: list[schemas.SyncRequest]) -> list[dict[str, Any]]:
+        async def one(call: schemas.SyncRequest) -> dict[str, Any]:
+            return await self.request("messaging", MessagingOps.SYNC, call, dict)
+
+        async def many(rest: list[schemas.SyncRequest]) -> list[dict[str, Any]]:
+            reply = await self.request("messaging", MessagingOps.SYNC_MANY, schemas.SyncMany(calls=rest), dict)
+            return list(reply.get("replies") or [])
+
+        return await _in_batches(calls, one, many)
 
     def _refuse(self, exc: BaseException, ip: str) -> NoReturn:
         if isinstance(exc, ChatError):
@@ -327,8 +358,7 @@ class SocketGateway:
         return ok(channel_id=reply.channel_id, message=msgspec.to_builtins(reply.message))
 
     async def sync(self, s: Session, m: p.Sync) -> Ack:
-        reply = await self.request("messaging", MessagingOps.SYNC,
-                                   schemas.SyncRequest(user=self.user(s), channels=dict(m.channels)), dict)
+        reply = await self._syncs.submit(schemas.SyncRequest(user=self.user(s), channels=dict(m.channels)))
         return ok(channels=reply["channels"])
 
     @staticmethod

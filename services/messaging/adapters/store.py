@@ -98,15 +98,23 @@ SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + _READY
 # the LATERAL keeps Postgres from flattening it into a scan of every membership through the
 # user_id index (a generic plan did that: 1.3 ms of Postgres CPU per `ready` instead of 0.2).
 
-# Who may see a channel, for `c` = the channel and $2 = the user: a guild channel's members,
-# a DM's two users (`v.visible`). Every read that checks access joins this, so the rule is
-# written once.
-CHANNEL_ACCESS_FROM = """channels c
-LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = $2
+# Who may see a channel, for `c` = the channel and USER_ID = the user: a guild channel's
+# members, a DM's two users (`v.visible`). Every read that checks access joins this, so the
+# rule is written once.
+_CHANNEL_ACCESS_FROM = """channels c
+LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = USER_ID
 LEFT JOIN dm_channels d ON d.channel_id = c.id
-CROSS JOIN LATERAL (SELECT CASE WHEN c.kind = 'dm' THEN $2 IN (d.user_a, d.user_b)
+CROSS JOIN LATERAL (SELECT CASE WHEN c.kind = 'dm' THEN USER_ID IN (d.user_a, d.user_b)
                                 ELSE gm.role IS NOT NULL END AS visible) v"""
+CHANNEL_ACCESS_FROM = _CHANNEL_ACCESS_FROM.replace("USER_ID", "$2")  # the user as $2
 CHANNEL_FOR_MEMBER_SQL = f"SELECT c.*, gm.role, v.visible FROM {CHANNEL_ACCESS_FROM} WHERE c.id = $1"
+# The events of one channel (CHANNEL) after AFTER that `sync` answers with, LIMIT at most,
+# when VISIBLE: written once for both statements below.
+_SYNC_EVENTS = """LEFT JOIN LATERAL (
+    SELECT ev.seq, ev.kind, ev.payload::text AS payload FROM channel_events ev
+    WHERE VISIBLE AND ev.channel_id = CHANNEL AND ev.seq > AFTER
+    ORDER BY ev.seq LIMIT $3
+) e ON true"""
 # `sync` for one channel ($1) in one statement: whether the caller may see it, its last seq,
 # and up to $3 of its events after $4 (none when it may not). One row per event, or one row
 # with no event. (One statement for all the channels at once, through unnest and a window for
@@ -114,13 +122,23 @@ CHANNEL_FOR_MEMBER_SQL = f"SELECT c.*, gm.role, v.visible FROM {CHANNEL_ACCESS_F
 SYNC_SQL = f"""
 SELECT v.visible, c.last_seq, e.seq, e.kind, e.payload
 FROM {CHANNEL_ACCESS_FROM}
-LEFT JOIN LATERAL (
-    SELECT ev.seq, ev.kind, ev.payload::text AS payload FROM channel_events ev
-    WHERE v.visible AND ev.channel_id = c.id AND ev.seq > $4
-    ORDER BY ev.seq LIMIT $3
-) e ON true
+{_SYNC_EVENTS.replace("VISIBLE", "v.visible").replace("CHANNEL", "c.id").replace("AFTER", "$4")}
 WHERE c.id = $1
 ORDER BY e.seq
+"""
+# `sync` for the channels of several calls in one statement (a reconnect storm): pair $1[i]
+# is channel $2[i] for user $4[i] after seq $5[i], with up to $3 events each; the rows of
+# SYNC_SQL with their pair, none for a channel that does not exist. The budget of each call
+# is applied to its pairs afterwards (Store._answer), so no window has to be planned.
+SYNC_MANY_SQL = f"""
+SELECT b.i, a.visible, a.last_seq, e.seq, e.kind, e.payload
+FROM unnest($1::int[], $2::bigint[], $4::text[], $5::bigint[]) AS b(i, channel_id, user_id, after)
+CROSS JOIN LATERAL (
+    SELECT v.visible, c.last_seq FROM {_CHANNEL_ACCESS_FROM.replace("USER_ID", "b.user_id")}
+    WHERE c.id = b.channel_id
+) a
+{_SYNC_EVENTS.replace("VISIBLE", "a.visible").replace("CHANNEL", "b.channel_id").replace("AFTER", "b.after")}
+ORDER BY b.i, e.seq
 """
 
 _str_list = msgspec.json.Decoder(list[str])
@@ -393,34 +411,115 @@ class Store:
             return await self.open_dm(user, recipient_id)  # lost a race: the other one exists now
 
     # -- sync ------------------------------------------------------------------------------
-    async def sync(self, user: schemas.UserRef, channels: dict[str, int], page: int,
-                   budget: int) -> dict[str, schemas.SyncChannel]:
+    async def sync(self, user: schemas.UserRef, channels: dict[str, int], page: int, budget: int,
+                   max_bytes: int = 2**62) -> SyncAnswer:
         """Every event after each given seq, oldest first, ``page`` per channel at most and
-        ``budget`` in all (channels in the order given); ``complete`` is false where more
-        remain. One statement per channel (SYNC_SQL)."""
-        out: dict[str, schemas.SyncChannel] = {}
+        ``budget`` in all (channels in the order given), their payloads ``max_bytes`` in all
+        (one event at least); ``complete`` is false where more remain. One statement per
+        channel (SYNC_SQL)."""
+        answer = SyncAnswer(page, budget, max_bytes)
         async with self.db.connection() as conn:
             for channel_id, after in channels.items():
                 try:
-                    rows = await conn.fetch(SYNC_SQL, _id(channel_id, "channel"), user.id,
-                                            max(0, min(page, budget)), after)
-                    if not rows or not rows[0]["visible"]:
-                        raise NotFound("channel not found")
+                    rows = await conn.fetch(SYNC_SQL, _id(channel_id, "channel"), user.id, answer.limit(), after)
                 except NotFound as exc:
-                    out[channel_id] = _sync_error(exc)
+                    answer.error(channel_id, exc)
                     continue
-                taken = [r for r in rows if r["seq"] is not None]
-                budget -= len(taken)
-                events = [msgspec.Raw(f'{{"event":"{r["kind"]}",'.encode() + r["payload"].encode()[1:])
-                          for r in taken]
-                last_seq = int(rows[0]["last_seq"])
-                complete = int(taken[-1]["seq"]) >= last_seq if taken else after >= last_seq
-                out[channel_id] = schemas.SyncChannel(events=events, complete=complete, last_seq=last_seq)
+                answer.channel(channel_id, after, rows)
+        return answer
+
+    async def sync_many(self, calls: list[tuple[schemas.UserRef, dict[str, int]]], page: int, budget: int,
+                        max_bytes: int = 2**62) -> list[SyncAnswer]:
+        """``sync`` for several calls in one statement (SYNC_MANY_SQL); in the order given,
+        each answered as ``sync`` answers it. A call with more channels than its budget
+        could fill twice over goes alone, as ``sync``: the statement fetches up to ``page``
+        events for every channel before each call's budget is applied."""
+        limit = max(0, min(page, budget))
+        alone = [len(channels) * limit > 2 * budget for _, channels in calls]
+        pair: dict[tuple[int, str], int] = {}  # (call, channel) -> its place in the statement's arrays
+        cids: list[int] = []
+        users: list[str] = []
+        afters: list[int] = []
+        for k, ((user, channels), skip) in enumerate(zip(calls, alone, strict=True)):
+            for channel_id, after in channels.items():
+                cid = _valid_id(channel_id)
+                if skip or cid is None:
+                    continue
+                pair[k, channel_id] = len(cids)
+                cids.append(cid)
+                users.append(user.id)
+                afters.append(after)
+        rows: dict[int, list[asyncpg.Record]] = {}
+        if cids:
+            async with self.db.connection() as conn:
+                for row in await conn.fetch(SYNC_MANY_SQL, list(range(len(cids))), cids, limit, users, afters):
+                    rows.setdefault(row["i"], []).append(row)
+        out: list[SyncAnswer] = []
+        for k, ((user, channels), skip) in enumerate(zip(calls, alone, strict=True)):
+            if skip:
+                out.append(await self.sync(user, channels, page, budget, max_bytes))
+                continue
+            answer = SyncAnswer(page, budget, max_bytes)
+            for channel_id, after in channels.items():
+                if (k, channel_id) in pair:
+                    answer.channel(channel_id, after, rows.get(pair[k, channel_id], []))
+                else:
+                    answer.error(channel_id, NotFound("channel not found"))
+            out.append(answer)
         return out
+
+
+class SyncAnswer:
+    """One `sync` call's answer, channel by channel in the call's order: its events cut to
+    ``page`` per channel, ``budget`` in all and ``max_bytes`` of payload in all (the first
+    event always goes, so a call makes progress); ``complete`` false where more remain."""
+
+    def __init__(self, page: int, budget: int, max_bytes: int) -> None:
+        self.page = page
+        self.budget = budget
+        self.room = max_bytes
+        self.taken = 0
+        self.cut = False  # events left out for want of room
+        self.channels: dict[str, schemas.SyncChannel] = {}
+
+    def limit(self) -> int:
+        """Events the next channel may have at most, before its payloads are measured."""
+        return 0 if self.cut else max(0, min(self.page, self.budget))
+
+    def error(self, channel_id: str, exc: NotFound) -> None:
+        self.channels[channel_id] = _sync_error(exc)
+
+    def channel(self, channel_id: str, after: int, rows: list[asyncpg.Record]) -> None:
+        """``rows``: SYNC_SQL's for the channel (none: it does not exist)."""
+        if not rows or not rows[0]["visible"]:
+            self.error(channel_id, NotFound("channel not found"))
+            return
+        events: list[msgspec.Raw] = []
+        last = None
+        for r in rows[:self.limit()] if rows[0]["seq"] is not None else ():
+            event = f'{{"event":"{r["kind"]}",'.encode() + r["payload"].encode()[1:]
+            if len(event) > self.room and self.taken:
+                self.cut = True
+                break
+            self.room -= len(event)
+            self.taken += 1
+            events.append(msgspec.Raw(event))
+            last = int(r["seq"])
+        self.budget -= len(events)
+        last_seq = int(rows[0]["last_seq"])
+        complete = last >= last_seq if last is not None else after >= last_seq
+        self.channels[channel_id] = schemas.SyncChannel(events=events, complete=complete, last_seq=last_seq)
+
+
+def _valid_id(value: str) -> int | None:
+    try:
+        return _id(value, "channel")
+    except NotFound:
+        return None
 
 
 def _sync_error(exc: NotFound) -> schemas.SyncChannel:
     return schemas.SyncChannel(events=[], complete=True, error=schemas.ErrorBody(code=exc.code, message=exc.message))
 
 
-__all__ = ["ROLE_RANK", "Conflict", "Store", "Unavailable"]
+__all__ = ["ROLE_RANK", "Conflict", "Store", "SyncAnswer", "Unavailable"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from opentelemetry import trace
@@ -23,22 +23,27 @@ from services.messaging.adapters.store import Store
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+R = TypeVar("R")
 INVITE_CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 MESSAGES_STORED = Counter("chat_messaging_messages_stored_total", "Messages committed")
 MESSAGES_DUPLICATE = Counter("chat_messaging_messages_duplicate_total", "Sends answered from an earlier nonce")
 EMITS = Counter("chat_messaging_room_emits_total", "Room events handed to the Socket.IO adapter", ["event"])
-READY_PARTIAL = Counter("chat_messaging_ready_partial_total",
-                        "ready_many replies cut short to stay under the bus's payload limit")
+REPLIES_PARTIAL = Counter("chat_messaging_replies_partial_total",
+                          "Replies cut short to stay under the bus's payload limit (ready_many, sync_many: "
+                          "the gateway asks again for the rest; sync: complete false, the client calls again)",
+                          ["op"])
 READY_MANY_MAX = 256  # users in one ready_many request
+SYNC_MANY_MAX = 256  # calls in one sync_many request
+SYNC_CHANNELS_MAX = 500  # channels in one sync call
 
 
 class MessagingHandlers:
     def __init__(self, store: Store, guilds: GuildStore, bus: Bus, emitter: ResilientRedisManager,
                  outbox: OutboxPublisher, sync_page_size: int = 100, sync_budget: int = 1000,
-                 ready_reply_max_bytes: int = 512 * 1024) -> None:
+                 reply_max_bytes: int = 512 * 1024) -> None:
         self.store = store
-        self.ready_reply_max_bytes = ready_reply_max_bytes  # half of NATS' default payload limit
+        self.reply_max_bytes = reply_max_bytes  # half of NATS' default payload limit
         self.guilds = guilds
         self.sync_page_size = sync_page_size
         self.sync_budget = sync_budget
@@ -62,6 +67,7 @@ class MessagingHandlers:
             (Ops.DELETE, self.delete, schemas.DeleteMessage),
             (Ops.DM_SEND, self.dm_send, schemas.DmSend),
             (Ops.SYNC, self.sync, schemas.SyncRequest),
+            (Ops.SYNC_MANY, self.sync_many, schemas.SyncMany),
             (Ops.CHANNEL_CREATE, self.channel_create, schemas.CreateChannel),
             (Ops.MEMBER_ROLE, self.member_role, schemas.SetRole),
             (Ops.FRIENDS_LIST, self.friends_list, schemas.ReadyRequest),
@@ -83,19 +89,23 @@ class MessagingHandlers:
 
     async def ready_many(self, req: schemas.ReadyMany) -> schemas.ReadyManyReply:
         """`ready` for the users of a connect burst, in one statement. The reply stops
-        before the user whose `ready` would take it past ``ready_reply_max_bytes`` (always
+        before the user whose `ready` would take it past ``reply_max_bytes`` (always
         carrying the first); the gateway asks again for the rest."""
         if len(req.users) > READY_MANY_MAX:
             raise Invalid(f"at most {READY_MANY_MAX} users in one ready_many request")
-        replies = await self.store.ready_many(req.users)
+        return schemas.ReadyManyReply(replies=self._fit(Ops.READY_MANY, await self.store.ready_many(req.users)))
+
+    def _fit(self, op: str, replies: list[R]) -> list[R]:
+        """The first of ``replies`` whose encodings fit in ``reply_max_bytes`` together
+        (the first always): a batch's reply must stay under the bus's payload limit."""
         size = 0
         for i, reply in enumerate(replies):
             size += len(schemas.dumps(reply))
-            if size > self.ready_reply_max_bytes and i > 0:
-                READY_PARTIAL.inc()
-                log.info("ready_many: answering %d of %d users (%d bytes)", i, len(replies), size)
-                return schemas.ReadyManyReply(replies=replies[:i])
-        return schemas.ReadyManyReply(replies=replies)
+            if size > self.reply_max_bytes and i > 0:
+                REPLIES_PARTIAL.labels(op).inc()
+                log.info("%s: answering %d of %d (%d bytes)", op, i, len(replies), size)
+                return replies[:i]
+        return replies
 
     async def send(self, req: schemas.SendMessage, rooms: list[str] | None = None) -> schemas.MessageReply:
         text = _content(req.content)
@@ -136,10 +146,33 @@ class MessagingHandlers:
         return schemas.DmReply(channel_id=channel_id, message=reply.message, duplicate=reply.duplicate)
 
     async def sync(self, req: schemas.SyncRequest) -> schemas.SyncReply:
-        if len(req.channels) > 500:
-            raise Invalid("channels: at most 500 per call")
-        raw = await self.store.sync(req.user, req.channels, self.sync_page_size, self.sync_budget)
-        return schemas.SyncReply(channels=raw)
+        return (await self._sync([req]))[0]
+
+    async def sync_many(self, req: schemas.SyncMany) -> schemas.SyncManyReply:
+        """`sync` for the calls of a reconnect storm, in one statement. The reply stops
+        before the call whose answer would take it past ``reply_max_bytes`` (always
+        carrying the first); the gateway asks again for the rest."""
+        if len(req.calls) > SYNC_MANY_MAX:
+            raise Invalid(f"at most {SYNC_MANY_MAX} calls in one sync_many request")
+        return schemas.SyncManyReply(replies=self._fit(Ops.SYNC_MANY, await self._sync(req.calls)))
+
+    async def _sync(self, calls: list[schemas.SyncRequest]) -> list[schemas.SyncReply]:
+        """Each call's answer, its events' payloads within ``reply_max_bytes`` (where they
+        were cut, ``complete`` is false and the client calls again)."""
+        if any(len(c.channels) > SYNC_CHANNELS_MAX for c in calls):
+            raise Invalid(f"channels: at most {SYNC_CHANNELS_MAX} per call")
+        # An answer's events may fill the budget; the rest of a reply (ids, flags) is small.
+        room = self.reply_max_bytes * 9 // 10
+        args = self.sync_page_size, self.sync_budget, room
+        if len(calls) == 1:
+            answers = [await self.store.sync(calls[0].user, calls[0].channels, *args)]
+        else:
+            answers = await self.store.sync_many([(c.user, c.channels) for c in calls], *args)
+        for answer in answers:
+            if answer.cut:
+                REPLIES_PARTIAL.labels(Ops.SYNC).inc()
+                log.info("sync: events cut at %d bytes; the client calls again", room)
+        return [schemas.SyncReply(channels=a.channels) for a in answers]
 
     async def channel_create(self, req: schemas.CreateChannel) -> schemas.ChannelReply:
         if req.kind not in ("text", "voice"):
