@@ -16,6 +16,9 @@ MESSAGES_SENT = Counter("chat_gateway_messages_sent_total", "message:send / dm:s
 MESSAGES_REJECTED = Counter("chat_gateway_messages_rejected_total", "message:send / dm:send refused", ["code"])
 EVENTS_PROCESSED = Counter("chat_gateway_events_processed_total", "Client events handled", ["event"])
 EVENTS_REJECTED = Counter("chat_gateway_events_rejected_total", "Client events answered with an error", ["event", "code"])
+CONNECT_SECONDS = Histogram("chat_gateway_connect_duration_seconds",
+                            "Authenticated connects, from the CONNECT packet to the session being ready (checks, "
+                            "token, the wait for a slot, ready, presence)", buckets=LATENCY_BUCKETS)
 EVENT_SECONDS = Histogram("chat_gateway_event_duration_seconds", "Client event handling time", ["event"], buckets=LATENCY_BUCKETS)
 RATE_LIMITED = Counter("chat_gateway_rate_limited_total", "Rate-limit rejections", ["event"])
 CLEANUP_OPS = Counter("chat_gateway_cleanup_operations_total", "Resources released on disconnect or by sweeps", ["kind"])

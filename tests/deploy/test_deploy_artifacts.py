@@ -41,6 +41,7 @@ KNOWN_METRICS = {
     "chat_gateway_events_processed_total",
     "chat_gateway_events_rejected_total",
     "chat_gateway_event_duration_seconds",
+    "chat_gateway_connect_duration_seconds",
     "chat_gateway_rate_limited_total",
     "chat_gateway_messages_sent_total",
     "chat_breaker_state",
@@ -55,7 +56,8 @@ KNOWN_METRICS = {
     "chat_process_event_loop_lag_seconds",
     "chat_process_event_loop_lag_max_seconds",
 }
-HISTOGRAMS = {"chat_gateway_event_duration_seconds", "chat_bus_request_duration_seconds",
+HISTOGRAMS = {"chat_gateway_event_duration_seconds", "chat_gateway_connect_duration_seconds",
+              "chat_bus_request_duration_seconds",
               "chat_process_event_loop_lag_seconds"}
 ALLOWED_SERIES = KNOWN_METRICS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from libs.servers.processes import free_port
 from libs.testing.client import ChatClient, guild_with_members
 from libs.testing.fixtures import Stack
+from libs.testing.wire_fuzz import metric_total
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_RE = re.compile(r"\bchat_[a-z0-9_]+\b")
@@ -35,7 +36,8 @@ GATEWAY = {"chat_gateway_connections_total", "chat_gateway_connections_active", 
            "chat_gateway_messages_sent_total", "chat_gateway_messages_rejected_total",
            "chat_gateway_events_processed_total", "chat_gateway_events_rejected_total", "chat_breaker_trips_total",
            "chat_gateway_cleanup_operations_total", "chat_dependency_reconnects_total",
-           "chat_gateway_event_duration_seconds", "chat_adapter_queue_depth_messages", "chat_adapter_dropped_total",
+           "chat_gateway_event_duration_seconds", "chat_gateway_connect_duration_seconds",
+           "chat_adapter_queue_depth_messages", "chat_adapter_dropped_total",
            "chat_ratelimit_rejected_total", "chat_gateway_rooms", "chat_bus_request_duration_seconds"}
 
 
@@ -85,8 +87,15 @@ async def drive_traffic(http: aiohttp.ClientSession, stack: Stack) -> None:
 
 
 async def test_metrics_parse_and_cover_the_safety_report_and_dashboards(cluster: Stack):
+    gateways = [f"http://127.0.0.1:{p.ops_port}" for p in cluster.cluster.gateways]
+
+    async def connects_timed() -> float:
+        return sum([await metric_total(g, "chat_gateway_connect_duration_seconds_count") for g in gateways])
+
+    before = await connects_timed()
     async with aiohttp.ClientSession() as http:
         await drive_traffic(http, cluster)
+        assert await connects_timed() >= before + 2  # alice's and bob's connects, timed
         everything: set[str] = set()
         for proc in cluster.cluster.processes:
             names = exported_names(await scrape(http, proc.ops_port))

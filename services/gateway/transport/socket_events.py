@@ -247,8 +247,11 @@ class SocketGateway:
                 log.exception("connect hook failed")
         metrics.CONNECTIONS_TOTAL.inc()
         metrics.CONNECTIONS_ACTIVE.set(len(self.sessions))
-        log.info("connected in %.0f ms", (time.perf_counter() - started) * 1000,
-                 extra={"sid": sid, "ip": ip, "channels": len(session.channels)})
+        took = time.perf_counter() - started
+        metrics.CONNECT_SECONDS.observe(took)
+        # The normal path of every connection is counted and timed; its line is for debugging
+        # (25 µs a line: a twentieth of a connect's CPU here). Refusals and failures log at info.
+        log.debug("connected in %.0f ms", took * 1000, extra={"sid": sid, "ip": ip, "channels": len(session.channels)})
         return True
 
     async def _send_ready(self, sid: str) -> None:
@@ -265,8 +268,8 @@ class SocketGateway:
             if session is None:
                 return
             metrics.CLEANUP_OPS.labels("rooms").inc(len(session.channels) + 1)
-            log.info("disconnected (%s)", reason, extra={"sid": sid, "user_id": session.user_id,
-                                                         "session_id": session.session_id})
+            log.debug("disconnected (%s)", reason, extra={"sid": sid, "user_id": session.user_id,
+                                                          "session_id": session.session_id})
             last = not self.sessions.sids_of(session.user_id)
             for hook in self.disconnect_hooks:
                 try:
