@@ -218,3 +218,37 @@ async def test_the_gateway_asks_again_until_every_call_of_a_batch_is_answered(ht
     assert await metric_total(ops, "chat_messaging_replies_partial_total", op="sync") >= 1
     calls, batches = await _batched(stack)
     assert batches < calls
+
+
+async def test_a_sync_too_big_for_one_bus_message_comes_in_parts(http, cluster: Stack):
+    """Six channels of 100 messages of 2,000 characters: one `sync` of all of them would be
+    about 1.4 MB, past the 1 MB NATS carries. The answer stops before 512 KiB with
+    `complete: false`, and calling again from the last seqs brings every event once."""
+    owner = await ChatClient(http, cluster.gateways[0], uid("sbig-")).login()
+    guild = await guild_with_members(owner)
+    channels = [guild["text_channel"]] + [
+        (await owner.api("POST", f"/guilds/{guild['id']}/channels", {"name": f"c{i}", "kind": "text"},
+                         expect=201))["id"] for i in range(5)]
+    sock = await owner.connect()
+    text = "x" * 2000
+    for ch in channels:
+        acks = await asyncio.gather(*(sock.call("message:send", {"channel_id": ch, "content": text, "nonce": f"{ch}-{i}"})
+                                      for i in range(100)))
+        assert all(a["ok"] for a in acks)
+    after = dict.fromkeys(channels, 0)
+    seen: dict[str, list[int]] = {ch: [] for ch in channels}
+    calls = 0
+    while True:
+        calls += 1
+        ack = await sock.call("sync", {"channels": after})
+        assert ack["ok"], ack
+        assert len(msgspec.json.encode(ack)) < 600 * 1024
+        for ch, page in ack["channels"].items():
+            seen[ch] += [e["seq"] for e in page["events"]]
+            after[ch] = seen[ch][-1] if seen[ch] else 0
+        if all(page["complete"] for page in ack["channels"].values()):
+            break
+        assert calls < 10
+    assert calls >= 3  # about 1.4 MB in parts of at most 512 KiB
+    assert all(seqs == list(range(1, 101)) for seqs in seen.values())
+    await owner.close()
