@@ -129,7 +129,7 @@ ORDER BY e.seq
 # `sync` for the channels of several calls in one statement (a reconnect storm): pair $1[i]
 # is channel $2[i] for user $4[i] after seq $5[i], with up to $3 events each; the rows of
 # SYNC_SQL with their pair, none for a channel that does not exist. The budget of each call
-# is applied to its pairs afterwards (Store._answer), so no window has to be planned.
+# is applied to its pairs afterwards (SyncAnswer), so no window has to be planned.
 SYNC_MANY_SQL = f"""
 SELECT b.i, a.visible, a.last_seq, e.seq, e.kind, e.payload
 FROM unnest($1::int[], $2::bigint[], $4::text[], $5::bigint[]) AS b(i, channel_id, user_id, after)
