@@ -41,6 +41,14 @@ def _id(value: str, what: str) -> int:
     return n
 
 
+def _sql(template: str, **names: str) -> str:
+    """``template`` with each of its upper-case NAMES put in: the SQL written once for the
+    statements below, with what stands for the user, the channel, ... in each of them."""
+    for name, value in names.items():
+        template = template.replace(name, value)
+    return template
+
+
 # What `ready` carries for one user, written once for the statements below: USER_ID stands
 # for the user's id ($1 alone, a column of the batch's users), $3 is PRESENCE_GUILD_MAX and
 # $4 MAX_CONTACTS.
@@ -77,7 +85,7 @@ WITH u AS (
     INSERT INTO users (id, name) SELECT $1, $2
     WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1 AND name = $2)
     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
-), """ + _READY_CTES.replace("USER_ID", "$1")
+), """ + _sql(_READY_CTES, USER_ID="$1")
 # The users of a connect burst ($1 ids, $2 names; a user twice is answered once): one row
 # each, with its id. One statement instead of one round trip and one execution per user.
 # The batch is taken in id order, so two batches that write the same new users lock their
@@ -90,7 +98,7 @@ WITH batch AS (
     WHERE NOT EXISTS (SELECT 1 FROM users x WHERE x.id = bu.id AND x.name = bu.name)
     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
 )
-SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + _READY_CTES.replace("USER_ID", "bu.id") + """) r
+SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + _sql(_READY_CTES, USER_ID="bu.id") + """) r
 """
 # Two shapes above are deliberate. `u` writes only a new user or a changed name: an ON CONFLICT
 # that matches locks the row, a write (and a transaction id) on every connect. `co_members`
@@ -106,7 +114,7 @@ LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = USER_ID
 LEFT JOIN dm_channels d ON d.channel_id = c.id
 CROSS JOIN LATERAL (SELECT CASE WHEN c.kind = 'dm' THEN USER_ID IN (d.user_a, d.user_b)
                                 ELSE gm.role IS NOT NULL END AS visible) v"""
-CHANNEL_ACCESS_FROM = _CHANNEL_ACCESS_FROM.replace("USER_ID", "$2")  # the user as $2
+CHANNEL_ACCESS_FROM = _sql(_CHANNEL_ACCESS_FROM, USER_ID="$2")  # the user as $2
 CHANNEL_FOR_MEMBER_SQL = f"SELECT c.*, gm.role, v.visible FROM {CHANNEL_ACCESS_FROM} WHERE c.id = $1"
 # The events of one channel (CHANNEL) after AFTER that `sync` answers with, LIMIT at most,
 # when VISIBLE: written once for both statements below.
@@ -122,7 +130,7 @@ _SYNC_EVENTS = """LEFT JOIN LATERAL (
 SYNC_SQL = f"""
 SELECT v.visible, c.last_seq, e.seq, e.kind, e.payload
 FROM {CHANNEL_ACCESS_FROM}
-{_SYNC_EVENTS.replace("VISIBLE", "v.visible").replace("CHANNEL", "c.id").replace("AFTER", "$4")}
+{_sql(_SYNC_EVENTS, VISIBLE="v.visible", CHANNEL="c.id", AFTER="$4")}
 WHERE c.id = $1
 ORDER BY e.seq
 """
@@ -134,10 +142,10 @@ SYNC_MANY_SQL = f"""
 SELECT b.i, a.visible, a.last_seq, e.seq, e.kind, e.payload
 FROM unnest($1::int[], $2::bigint[], $4::text[], $5::bigint[]) AS b(i, channel_id, user_id, after)
 CROSS JOIN LATERAL (
-    SELECT v.visible, c.last_seq FROM {_CHANNEL_ACCESS_FROM.replace("USER_ID", "b.user_id")}
+    SELECT v.visible, c.last_seq FROM {_sql(_CHANNEL_ACCESS_FROM, USER_ID="b.user_id")}
     WHERE c.id = b.channel_id
 ) a
-{_SYNC_EVENTS.replace("VISIBLE", "a.visible").replace("CHANNEL", "b.channel_id").replace("AFTER", "b.after")}
+{_sql(_SYNC_EVENTS, VISIBLE="a.visible", CHANNEL="b.channel_id", AFTER="b.after")}
 ORDER BY b.i, e.seq
 """
 
