@@ -13,6 +13,7 @@ import msgspec
 from libs.batching.group_commit import GroupCommit
 from libs.bus import schemas, subjects
 from libs.db.database import Database
+from libs.db.templates import fill
 from libs.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from services.messaging.adapters.rows import (
     MESSAGE_COLUMNS,
@@ -39,14 +40,6 @@ def _id(value: str, what: str) -> int:
     if n <= 0 or n >= 2**63:
         raise NotFound(f"{what} not found")
     return n
-
-
-def _sql(template: str, **names: str) -> str:
-    """``template`` with each of its upper-case NAMES put in: the SQL written once for the
-    statements below, with what stands for the user, the channel, ... in each of them."""
-    for name, value in names.items():
-        template = template.replace(name, value)
-    return template
 
 
 # What `ready` carries for one user, written once for the statements below: USER_ID stands
@@ -85,7 +78,7 @@ WITH u AS (
     INSERT INTO users (id, name) SELECT $1, $2
     WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1 AND name = $2)
     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
-), """ + _sql(_READY_CTES, USER_ID="$1")
+), """ + fill(_READY_CTES, {"USER_ID": "$1"})
 # The users of a connect burst ($1 ids, $2 names; a user twice is answered once): one row
 # each, with its id. One statement instead of one round trip and one execution per user.
 # The batch is taken in id order, so two batches that write the same new users lock their
@@ -98,7 +91,7 @@ WITH batch AS (
     WHERE NOT EXISTS (SELECT 1 FROM users x WHERE x.id = bu.id AND x.name = bu.name)
     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.name <> EXCLUDED.name
 )
-SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + _sql(_READY_CTES, USER_ID="bu.id") + """) r
+SELECT bu.id AS user_id, r.* FROM batch bu CROSS JOIN LATERAL (WITH """ + fill(_READY_CTES, {"USER_ID": "bu.id"}) + """) r
 """
 # Two shapes above are deliberate. `u` writes only a new user or a changed name: an ON CONFLICT
 # that matches locks the row, a write (and a transaction id) on every connect. `co_members`
@@ -114,7 +107,7 @@ LEFT JOIN guild_members gm ON gm.guild_id = c.guild_id AND gm.user_id = USER_ID
 LEFT JOIN dm_channels d ON d.channel_id = c.id
 CROSS JOIN LATERAL (SELECT CASE WHEN c.kind = 'dm' THEN USER_ID IN (d.user_a, d.user_b)
                                 ELSE gm.role IS NOT NULL END AS visible) v"""
-CHANNEL_ACCESS_FROM = _sql(_CHANNEL_ACCESS_FROM, USER_ID="$2")  # the user as $2
+CHANNEL_ACCESS_FROM = fill(_CHANNEL_ACCESS_FROM, {"USER_ID": "$2"})  # the user as $2
 CHANNEL_FOR_MEMBER_SQL = f"SELECT c.*, gm.role, v.visible FROM {CHANNEL_ACCESS_FROM} WHERE c.id = $1"
 # The events of one channel (CHANNEL) after AFTER that `sync` answers with, LIMIT at most,
 # when VISIBLE: written once for both statements below.
@@ -130,7 +123,7 @@ _SYNC_EVENTS = """LEFT JOIN LATERAL (
 SYNC_SQL = f"""
 SELECT v.visible, c.last_seq, e.seq, e.kind, e.payload
 FROM {CHANNEL_ACCESS_FROM}
-{_sql(_SYNC_EVENTS, VISIBLE="v.visible", CHANNEL="c.id", AFTER="$4")}
+{fill(_SYNC_EVENTS, {"VISIBLE": "v.visible", "CHANNEL": "c.id", "AFTER": "$4"})}
 WHERE c.id = $1
 ORDER BY e.seq
 """
@@ -142,10 +135,10 @@ SYNC_MANY_SQL = f"""
 SELECT b.i, a.visible, a.last_seq, e.seq, e.kind, e.payload
 FROM unnest($1::int[], $2::bigint[], $4::text[], $5::bigint[]) AS b(i, channel_id, user_id, after)
 CROSS JOIN LATERAL (
-    SELECT v.visible, c.last_seq FROM {_sql(_CHANNEL_ACCESS_FROM, USER_ID="b.user_id")}
+    SELECT v.visible, c.last_seq FROM {fill(_CHANNEL_ACCESS_FROM, {"USER_ID": "b.user_id"})}
     WHERE c.id = b.channel_id
 ) a
-{_sql(_SYNC_EVENTS, VISIBLE="a.visible", CHANNEL="b.channel_id", AFTER="b.after")}
+{fill(_SYNC_EVENTS, {"VISIBLE": "a.visible", "CHANNEL": "b.channel_id", "AFTER": "b.after"})}
 ORDER BY b.i, e.seq
 """
 

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from libs.db.templates import fill
+
 NODES = "pres:nodes"
 TYPING = "pres:typing"
 OFFLINE_DUE = "pres:offline-due"  # user -> when their last session's close is announced
@@ -61,14 +63,9 @@ def _chosen(raw: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
-def _lua(src: str) -> str:
-    """A script with the key names above in place of ``%(name)s`` (``%`` formatting would
-    need every other ``%`` doubled, ``.format`` every Lua brace)."""
-    names = {"sessions": SESSIONS_PREFIX, "status": STATUS_PREFIX, "audience": AUDIENCE_PREFIX,
-             "node": NODE_PREFIX, "offline": OFFLINE_DUE, "nodes": NODES}
-    for name, value in names.items():
-        src = src.replace(f"%({name})s", value)
-    return src
+# The key names the scripts below read and write, in place of ``%(name)s``.
+_KEY_NAMES = {"%(sessions)s": SESSIONS_PREFIX, "%(status)s": STATUS_PREFIX, "%(audience)s": AUDIENCE_PREFIX,
+              "%(node)s": NODE_PREFIX, "%(offline)s": OFFLINE_DUE, "%(nodes)s": NODES}
 
 
 # ARGV[1]: a JSON array of user ids -> JSON [[index, sessions, status, activity, since], ...]
@@ -76,7 +73,7 @@ def _lua(src: str) -> str:
 # as one argument and the script names the keys it reads (as the voice scripts do: a single
 # Redis or Sentinel, not Redis Cluster): a lookup of a few thousand contacts in a reconnect
 # storm spent most of presence's CPU packing two key arguments each.
-MANY_LUA = _lua("""
+MANY_LUA = fill("""
 local users = cjson.decode(ARGV[1])
 local out = {}
 for i = 1, #users do
@@ -88,7 +85,7 @@ for i = 1, #users do
 end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
-""")
+""", _KEY_NAMES)
 
 
 # Opening sessions, for a batch of them in one call and (a script) one atomic step.
@@ -98,7 +95,7 @@ return cjson.encode(out)
 # session in the second's count; a session already recorded is not counted before itself.
 # One argument instead of seven commands per session: building that pipeline was most of
 # presence's CPU in a connect burst.
-OPEN_LUA = _lua("""
+OPEN_LUA = fill("""
 local sessions = cjson.decode(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local out = {}
@@ -126,7 +123,7 @@ for node, members in pairs(nodes) do
   redis.call('HSETNX', '%(nodes)s', node, ARGV[3])
 end
 return cjson.encode(out)
-""")
+""", _KEY_NAMES)
 
 
 class PresenceStore:
