@@ -435,7 +435,7 @@ class Store:
         each answered as ``sync`` answers it. A call with more channels than its budget
         could fill twice over goes alone, as ``sync``: the statement fetches up to ``page``
         events for every channel before each call's budget is applied."""
-        limit = max(0, min(page, budget))
+        limit = SyncAnswer(page, budget, max_bytes).limit()  # what every call's first channel may have
         alone = [len(channels) * limit > 2 * budget for _, channels in calls]
         pair: dict[tuple[int, str], int] = {}  # (call, channel) -> its place in the statement's arrays
         cids: list[int] = []
@@ -478,14 +478,14 @@ class SyncAnswer:
     def __init__(self, page: int, budget: int, max_bytes: int) -> None:
         self.page = page
         self.budget = budget
-        self.room = max_bytes
-        self.taken = 0
+        self.room = max_bytes  # payload bytes left
+        self.taken = 0  # events in the answer so far
         self.cut = False  # events left out for want of room
         self.channels: dict[str, schemas.SyncChannel] = {}
 
     def limit(self) -> int:
         """Events the next channel may have at most, before its payloads are measured."""
-        return 0 if self.cut else max(0, min(self.page, self.budget))
+        return 0 if self.cut else max(0, min(self.page, self.budget - self.taken))
 
     def error(self, channel_id: str, exc: NotFound) -> None:
         self.channels[channel_id] = _sync_error(exc)
@@ -506,7 +506,6 @@ class SyncAnswer:
             self.taken += 1
             events.append(msgspec.Raw(event))
             last = int(r["seq"])
-        self.budget -= len(events)
         last_seq = int(rows[0]["last_seq"])
         complete = last >= last_seq if last is not None else after >= last_seq
         self.channels[channel_id] = schemas.SyncChannel(events=events, complete=complete, last_seq=last_seq)

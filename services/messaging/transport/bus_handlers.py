@@ -163,11 +163,8 @@ class MessagingHandlers:
             raise Invalid(f"channels: at most {SYNC_CHANNELS_MAX} per call")
         # An answer's events may fill the budget; the rest of a reply (ids, flags) is small.
         room = self.reply_max_bytes * 9 // 10
-        args = self.sync_page_size, self.sync_budget, room
-        if len(calls) == 1:
-            answers = [await self.store.sync(calls[0].user, calls[0].channels, *args)]
-        else:
-            answers = await self.store.sync_many([(c.user, c.channels) for c in calls], *args)
+        answers = await self.store.sync_many([(c.user, c.channels) for c in calls], self.sync_page_size,
+                                             self.sync_budget, room)
         for answer in answers:
             if answer.cut:
                 REPLIES_PARTIAL.labels(Ops.SYNC).inc()
