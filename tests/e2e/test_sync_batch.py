@@ -5,7 +5,7 @@ answer outgrows the bus's payload limit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -17,7 +17,7 @@ from libs.errors import Invalid
 from libs.testing.client import ChatClient, guild_with_members, uid
 from libs.testing.fixtures import Stack
 from libs.testing.wire_fuzz import metric_total
-from services.messaging.adapters.store import Store, SyncAnswer
+from services.messaging.adapters.store import SYNC_MANY_SQL, SYNC_SQL, Store, SyncAnswer
 from services.messaging.transport.bus_handlers import SYNC_MANY_MAX, MessagingHandlers
 
 
@@ -30,6 +30,7 @@ class World:
     ch2: str  # alice's guild: 3 messages
     dm: str  # alice and bob: 2 messages
     other: str  # bob's guild, not alice's: 1 message
+    dsn: str
 
 
 @pytest.fixture
@@ -59,9 +60,27 @@ async def world(http, cluster: Stack) -> AsyncIterator[World]:
     try:
         assert await db.wait_ready(10)
         yield World(Store(db), schemas.UserRef(id=alice.user_id, name=alice.name),
-                    schemas.UserRef(id=bob.user_id, name=bob.name), ch1, ch2, dm, other["text_channel"])
+                    schemas.UserRef(id=bob.user_id, name=bob.name), ch1, ch2, dm, other["text_channel"],
+                    cluster.cluster.database_url)
     finally:
         await db.close()
+
+
+async def _statements(w: World, run: Callable[[Store], Awaitable[object]]) -> list[str]:
+    """The sync statements Postgres was asked to run while ``run`` ran on a Store of one
+    pooled connection ("many" or "one"), in order."""
+    db = Database(w.dsn, min_size=1, max_size=1)
+    await db.start()
+    seen: list[str] = []
+    try:
+        assert await db.wait_ready(10)
+        async with db.connection() as conn:  # the pool's only connection, for what follows too
+            conn.add_query_logger(lambda q: seen.append(q.query))
+        await run(Store(db))
+    finally:
+        await db.close()
+    names = {SYNC_MANY_SQL: "many", SYNC_SQL: "one"}
+    return [names[q] for q in seen if q in names]
 
 
 def _wire(answer: SyncAnswer) -> bytes:
@@ -94,6 +113,8 @@ async def test_sync_many_answers_each_call_as_sync_does(world: World):
     assert _seqs(got, w.ch2) == [2] and not got.channels[w.ch2].complete  # the budget's rest
     for refused in ("abc", w.other, "999999999999"):
         assert got.channels[refused].error is not None and got.channels[refused].error.code == "not_found"
+    # one statement for every channel of every call, when none could over-fetch
+    assert await _statements(w, lambda store: store.sync_many(calls, 100, 1000)) == ["many"]
     bob_sees = (await w.store.sync_many(calls, 100, 1000))[1]
     assert _seqs(bob_sees, w.dm) == [2] and bob_sees.channels[w.dm].complete
     assert bob_sees.channels[w.ch1].error is not None
@@ -102,10 +123,13 @@ async def test_sync_many_answers_each_call_as_sync_does(world: World):
 
 async def test_a_call_with_more_channels_than_its_budget_could_fill_goes_alone(world: World):
     """With page 3 and budget 4, a call of three channels could fetch 9 events for 4 it may
-    return: it is answered by itself (as `sync`), the others of the batch together."""
+    return: it is answered by itself (as `sync`: one statement per channel, each fetching
+    only what the budget leaves), the others of the batch together."""
     w = world
     big = {w.ch1: 0, w.ch2: 0, w.dm: 0}
     small = {w.ch2: 0}
+    assert await _statements(w, lambda store: store.sync_many([(w.alice, big), (w.alice, small)], 3, 4)) == \
+        ["many", "one", "one", "one"]
     many = await w.store.sync_many([(w.alice, big), (w.alice, small)], 3, 4)
     assert _wire(many[0]) == _wire(await w.store.sync(w.alice, big, 3, 4))
     assert _seqs(many[0], w.ch1) == [1, 2, 3] and _seqs(many[0], w.ch2) == [1] and _seqs(many[0], w.dm) == []
