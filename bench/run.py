@@ -496,7 +496,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
       "messaging, presence, voice-bridge and moderation services, on NATS, Redis and Postgres, with their "
       "default settings except the rate limits, which are relaxed (every client connects from 127.0.0.1). "
       "Messages go through `message:send` → messaging (persisted in Postgres, `seq` assigned) → "
-      "`message:created` to the channel's room.")
+      "`message:created` to the channel's room. Postgres keeps its durable defaults (`fsync` and "
+      "full-page writes on): a message is acknowledged once its commit is on disk. (The test suite "
+      "turns `fsync` off for speed; the benchmarks do not.)")
     w("- **Node Socket.IO 4** — `bench/peers/node_server.mjs`: `socket.io` + `@socket.io/redis-adapter`; "
       "`send` broadcasts to a room, nothing stored, nothing checked.")
     w("- **plain python-socketio** — `bench/peers/py_server.py`: `AsyncServer` + `AsyncRedisManager` on aiohttp "
@@ -960,7 +962,9 @@ def main() -> int:
     speed_start = speed_check()
     say(f"speed check: {speed_start}")
     say(f"starting NATS, Redis and Postgres under {RUN_DIR}")
-    servers = start_servers(RUN_DIR / "servers")
+    # Postgres with its durable defaults (fsync, full-page writes), as in production: a
+    # message is acknowledged only once its commit is on disk.
+    servers = start_servers(RUN_DIR / "servers", fast_postgres=False)
     results: dict[str, dict[str, Any]] = {}
     try:
         ours_env = dict(kv.split("=", 1) for kv in args.ours_env)

@@ -57,11 +57,14 @@ class Stack:
         return [f"http://127.0.0.1:{g.public_port}" for g in self.cluster.gateways]
 
 
-def start_servers(base: Path) -> Servers:
+def start_servers(base: Path, *, fast_postgres: bool = True) -> Servers:
+    """NATS, Redis and Postgres of their own under ``base``. ``fast_postgres`` (the test
+    default) turns off fsync: commits reach the OS, not the disk, before they are
+    acknowledged. The benchmarks keep Postgres's durable defaults."""
     base.mkdir(parents=True, exist_ok=True)
     nats = NatsServer(base / "nats").start()
     redis = RedisServer(base / "redis").start()
-    pg = PostgresServer(base / "postgres", fast=True).start()
+    pg = PostgresServer(base / "postgres", fast=fast_postgres).start()
     return Servers(nats, redis, pg, base)
 
 
