@@ -8,6 +8,11 @@ the next batch, which takes up to ``max_batch`` of the waiting writes. Under lig
 every batch holds one write and nothing waits; under load the batches grow on their own,
 and one commit, one round trip and one pool checkout carry many writes.
 
+With ``spare_after_s``, the slots beyond the first are spares: a further batch starts
+while another is in flight only once the batch started last has run that long. A burst
+then goes in as few batches as one slot allows, and a batch stuck on a slow peer (a
+paused replica, until the bus times it out) holds the others up for that long at most.
+
 The same pattern batches other round trips too (the gateway's presence session opens
 and closes, the rate limiter's Redis checks), with a size histogram of their own. The
 metric names (``chat_db_batch_size``, ``chat_db_batch_splits_total``) date from when it
@@ -44,13 +49,17 @@ BATCH_SPLITS = Counter("chat_db_batch_splits_total",
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], *, name: str,
-                 max_batch: int = 64, max_inflight: int = 4, size_metric: Histogram = BATCH_SIZE) -> None:
+                 max_batch: int = 64, max_inflight: int = 4, spare_after_s: float | None = None,
+                 size_metric: Histogram = BATCH_SIZE) -> None:
         self._run = run
         self.name = name
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
+        self.spare_after_s = spare_after_s
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._inflight = 0
+        self._last_start = 0.0  # loop time the latest batch started
+        self._spare_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._size = size_metric.labels(name)
 
@@ -62,13 +71,32 @@ class GroupCommit(Generic[T, R]):
         caller adds a done callback, or awaits it later)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
-        if self._inflight < self.max_inflight:
-            self._start()
+        self._next()
         return fut
+
+    def _next(self) -> None:
+        """Start a batch of the waiting writes if a slot is free for it; when only a spare
+        slot is left, once the batch started last has run ``spare_after_s``."""
+        if not self._waiting or self._inflight >= self.max_inflight:
+            return
+        if self._inflight == 0 or self.spare_after_s is None:
+            self._start()
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_start + self.spare_after_s
+        if loop.time() >= due:
+            self._start()
+        elif self._spare_timer is None:
+            self._spare_timer = loop.call_at(due, self._spare_due)
+
+    def _spare_due(self) -> None:
+        self._spare_timer = None
+        self._next()
 
     def _start(self) -> None:
         batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
         self._inflight += 1
+        self._last_start = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._commit(batch), name=f"group-commit-{self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -87,8 +115,7 @@ class GroupCommit(Generic[T, R]):
             _fail(batch, exc)
         finally:
             self._inflight -= 1
-            if self._waiting and self._inflight < self.max_inflight:
-                self._start()
+            self._next()
 
     async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

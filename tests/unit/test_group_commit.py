@@ -115,3 +115,39 @@ async def test_a_stopped_batch_answers_its_writers_unavailable():
             task.cancel()  # the process stopping
     done = await asyncio.gather(*writes, return_exceptions=True)
     assert all(isinstance(d, Unavailable) for d in done), done
+
+
+async def test_a_spare_slot_opens_only_behind_a_slow_batch():
+    """With a spare slot, a burst waits for the one batch in flight while that is quick, and
+    goes in the spare slot once it has run ``spare_after_s`` (a peer stuck until timeout)."""
+    release = asyncio.Event()
+    batches: list[list[str]] = []
+
+    async def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        if items[0] == "stuck":
+            await release.wait()
+        else:
+            await asyncio.sleep(0.01)
+        return [i * 2 for i in items]
+
+    gc: GroupCommit[str, str] = GroupCommit(run, name="t", max_inflight=2, spare_after_s=0.2)
+    quick = asyncio.ensure_future(gc.submit("q"))
+    burst = [asyncio.ensure_future(gc.submit(i)) for i in "abc"]
+    assert await quick == "qq" and await asyncio.gather(*burst) == ["aa", "bb", "cc"]
+    assert batches == [["q"], ["a", "b", "c"]]  # the burst waited for the quick batch, not for a slot
+
+    batches.clear()
+    stuck = asyncio.ensure_future(gc.submit("stuck"))
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    behind = [asyncio.ensure_future(gc.submit(i)) for i in "de"]
+    await asyncio.sleep(0.1)
+    assert batches == [["stuck"]]  # the spare is not open yet
+    assert await asyncio.gather(*behind) == ["dd", "ee"]  # through the spare, with "stuck" still in flight
+    assert 0.15 <= loop.time() - sent < 1.0
+    assert batches == [["stuck"], ["d", "e"]] and not stuck.done()
+    release.set()
+    assert await stuck == "stuckstuck"
+    assert gc._inflight == 0 and gc._spare_timer is None

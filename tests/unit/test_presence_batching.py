@@ -48,12 +48,15 @@ async def test_opens_and_closes_that_arrive_while_others_are_in_flight_go_togeth
     ready = schemas.ReadyReply(user=schemas.UserRef(id="x", name="x"), guilds=[], channels=[])
     payloads: list[dict[str, Any]] = [{} for _ in range(10)]
     opens = [asyncio.create_task(feature.on_connect(_session(i), ready, payloads[i])) for i in range(10)]
+    await presence.wait_requests(1)
+    # One batch in flight (one session); the other nine wait for the next one.
+    assert [len(p.sessions) for _, p in presence.requests] == [1]
+    # It is held: once it has run BATCH_SPARE_AFTER_S, the spare slot takes the nine.
     await presence.wait_requests(2)
-    # Two batches in flight (one session each); the other eight wait for the next one.
-    assert [len(p.sessions) for _, p in presence.requests] == [1, 1]
+    assert [len(p.sessions) for _, p in presence.requests] == [1, 9]
     presence.release.set()
     await asyncio.gather(*opens)
-    assert [len(p.sessions) for _, p in presence.requests] == [1, 1, 8]
+    assert len(presence.requests) == 2
     assert all(op == PresenceOps.SESSION_OPEN_MANY for op, _ in presence.requests)
     # Each session got its own answer, in order.
     assert [p["presences"][0]["user_id"] for p in payloads] == [f"friend-of-u{i}" for i in range(10)]
@@ -64,7 +67,7 @@ async def test_opens_and_closes_that_arrive_while_others_are_in_flight_go_togeth
     await presence.wait_requests(2)
     presence.release.set()
     await asyncio.gather(*closes)
-    assert [len(p.sessions) for _, p in presence.requests] == [1, 1, 3]
+    assert [len(p.sessions) for _, p in presence.requests] == [1, 4]
     assert [s.session_id for _, p in presence.requests for s in p.sessions] == [f"s{i}" for i in range(5)]
 
 
