@@ -45,13 +45,14 @@ def _session(i: int) -> Session:
 async def test_opens_and_closes_that_arrive_while_others_are_in_flight_go_together():
     presence = Presence()
     feature = PresenceFeature(SimpleNamespace(request=presence.request, node_id="gw-1"))  # type: ignore[arg-type]
+    feature._opens.spare_after_s = feature._closes.spare_after_s = 0.5  # well past the checks below
     ready = schemas.ReadyReply(user=schemas.UserRef(id="x", name="x"), guilds=[], channels=[])
     payloads: list[dict[str, Any]] = [{} for _ in range(10)]
     opens = [asyncio.create_task(feature.on_connect(_session(i), ready, payloads[i])) for i in range(10)]
     await presence.wait_requests(1)
     # One batch in flight (one session); the other nine wait for the next one.
     assert [len(p.sessions) for _, p in presence.requests] == [1]
-    # It is held: once it has run BATCH_SPARE_AFTER_S, the spare slot takes the nine.
+    # It is held: once it has run spare_after_s, the spare slot takes the nine.
     await presence.wait_requests(2)
     assert [len(p.sessions) for _, p in presence.requests] == [1, 9]
     presence.release.set()
