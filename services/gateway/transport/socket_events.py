@@ -44,9 +44,9 @@ DisconnectHook = Callable[[Session, bool], Awaitable[None]]
 # Runs during connect once the user is known; raises a ChatError (e.g. Banned) to refuse.
 ConnectCheck = Callable[[schemas.UserRef, str], Awaitable[None]]
 READY_BATCH_MAX = 64  # users in one `ready` request to messaging
-READY_BATCHES_INFLIGHT = 2  # while these run, further connects' `ready` waits for the next batch
+READY_BATCHES_INFLIGHT = 2  # one, and a spare; further connects' `ready` waits for the next batch
 SYNC_BATCH_MAX = 64  # calls in one `sync` request to messaging
-SYNC_BATCHES_INFLIGHT = 2
+SYNC_BATCHES_INFLIGHT = 2  # one, and a spare
 # The second batch in flight is a spare: it starts only once the batch before it has run this
 # long (a paused replica, a lost request), so a burst goes in as few batches as one slot allows.
 BATCH_SPARE_AFTER_S = 0.1
