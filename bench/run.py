@@ -501,6 +501,9 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
       "turns `fsync` off for speed; the benchmarks do not.)")
     w("- **Node Socket.IO 4** — `bench/peers/node_server.mjs`: `socket.io` + `@socket.io/redis-adapter`; "
       "`send` broadcasts to a room, nothing stored, nothing checked.")
+    w("- What the peers broadcast is a chat message event of the shape and size of this project's "
+      "`message:created` (PROTOCOL.md's message object, with an author, nonce and timestamp of the same "
+      "lengths), plus the room and counter they route by: every stack delivers the same bytes per member.")
     w("- **plain python-socketio** — `bench/peers/py_server.py`: `AsyncServer` + `AsyncRedisManager` on aiohttp "
       "(uvloop, as the gateway), same events. The ceiling of the framework this project builds on.")
     w("")

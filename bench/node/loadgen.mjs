@@ -99,9 +99,19 @@ class Client {
         { channel_id: room, content: `${i}|${t.toFixed(3)}`, nonce: `${cfg.runId}-${i}` })
         .then((ack) => { if (!ack || !ack.ok) throw new Error(ack && ack.error ? ack.error.code : "refused"); return ack.message.seq; });
     }
-    return this.socket.timeout(15000).emitWithAck("send", { room, i, t, seq }).then(() => seq);
+    return this.socket.timeout(15000).emitWithAck("send", peerPayload(room, i, t, seq)).then(() => seq);
   }
   close() { if (this.socket) this.socket.close(); }
+}
+// What the peers are sent and relay: a chat message event of the shape and size of this
+// project's `message:created` (PROTOCOL.md's message object, with the author and nonce
+// this harness gives its users), plus the routing fields the peers need (room, i, seq).
+// Every stack thus delivers the same bytes to its members.
+function peerPayload(room, i, t, seq) {
+  return { room, i, seq, channel_id: room, message: {
+    id: String(1000000 + i), channel_id: room, seq, author: { id: "bench-fanout-0", name: "bench-fanout-0" },
+    content: `${i}|${t.toFixed(3)}`, nonce: `${cfg.runId}-${i}`, attachments: [], embeds: [], mentions: [],
+    reply_to: null, created_at: new Date().toISOString(), edited_at: null } };
 }
 // -> {room, i, seq}
 function parse(d) {
