@@ -503,7 +503,8 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
       "`send` broadcasts to a room, nothing stored, nothing checked.")
     w("- What the peers broadcast is a chat message event of the shape and size of this project's "
       "`message:created` (PROTOCOL.md's message object, with an author, nonce and timestamp of the same "
-      "lengths), plus the room and counter they route by: every stack delivers the same bytes per member.")
+      "lengths), with the room and counter they route by in place of its `channel_id`: every stack delivers "
+      "frames of the same size (about 340 bytes) to each member.")
     w("- **plain python-socketio** — `bench/peers/py_server.py`: `AsyncServer` + `AsyncRedisManager` on aiohttp "
       "(uvloop, as the gateway), same events. The ceiling of the framework this project builds on.")
     w("")

@@ -104,11 +104,11 @@ class Client {
   close() { if (this.socket) this.socket.close(); }
 }
 // What the peers are sent and relay: a chat message event of the shape and size of this
-// project's `message:created` (PROTOCOL.md's message object, with the author and nonce
-// this harness gives its users), plus the routing fields the peers need (room, i, seq).
-// Every stack thus delivers the same bytes to its members.
+// project's `message:created` (PROTOCOL.md's message object, with an author and nonce as
+// long as this harness gives its users), with the peers' routing fields (room, i) where
+// the event has its channel_id: within a few bytes of this project's frames (about 340).
 function peerPayload(room, i, t, seq) {
-  return { room, i, seq, channel_id: room, message: {
+  return { room, i, seq, message: {
     id: String(1000000 + i), channel_id: room, seq, author: { id: "bench-fanout-0", name: "bench-fanout-0" },
     content: `${i}|${t.toFixed(3)}`, nonce: `${cfg.runId}-${i}`, attachments: [], embeds: [], mentions: [],
     reply_to: null, created_at: new Date().toISOString(), edited_at: null } };
