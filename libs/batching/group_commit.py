@@ -14,9 +14,10 @@ then goes in as few batches as one slot allows, and a batch stuck on a slow peer
 paused replica, until the bus times it out) holds the others up for that long at most.
 
 The same pattern batches other round trips too (the gateway's `ready` and `sync`
-requests and presence session opens and closes, the rate limiter's Redis checks), with a size histogram of their own. The
-metric names (``chat_db_batch_size``, ``chat_db_batch_splits_total``) date from when it
-batched only database writes; they are kept so dashboards and alerts keep working.
+requests and presence session opens and closes, the rate limiter's Redis checks), with a
+size histogram of their own. The metric names (``chat_db_batch_size``,
+``chat_db_batch_splits_total``) date from when it batched only database writes; they are
+kept so dashboards and alerts keep working.
 
 A batch that fails as a whole for a reason of its own (a deadlock, a constraint) is
 retried one write at a time, so one write's error stays its own. A batch that fails

@@ -22,7 +22,7 @@ from libs.sio.redis_manager import channel_room
 from libs.validation.text import clean_plain
 from services.gateway.adapters.sessions import Session
 from services.gateway.domain import payloads as p
-from services.gateway.transport.socket_events import BATCH_SPARE_AFTER_S, Ack, SocketGateway, ok
+from services.gateway.transport.socket_events import BATCH_SPARE_AFTER_S, BATCHES_INFLIGHT, Ack, SocketGateway, ok
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ PRESENCE_FAILURES = Counter("chat_gateway_presence_failures_total", "Presence ca
 PRESENCE_BATCH = Histogram("chat_gateway_presence_batch_size", "Sessions carried by one presence open or close request",
                            ["batch"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 SESSION_BATCH_MAX = 256  # sessions per open / close request to presence
-SESSION_BATCHES_INFLIGHT = 2  # one, and a spare (BATCH_SPARE_AFTER_S); further opens (closes) wait
 TYPING_SECONDS = 10
 HEARTBEAT_S = 5.0
 RESYNC_CHUNK = 500
@@ -72,10 +71,10 @@ class PresenceFeature:
         # of sessions instead of one per session; alone, a session is sent at once.
         self._opens: GroupCommit[schemas.SessionOpen, schemas.SessionOpenReply] = GroupCommit(
             self._open_batch, name="session_open", max_batch=SESSION_BATCH_MAX,
-            max_inflight=SESSION_BATCHES_INFLIGHT, spare_after_s=BATCH_SPARE_AFTER_S, size_metric=PRESENCE_BATCH)
+            max_inflight=BATCHES_INFLIGHT, spare_after_s=BATCH_SPARE_AFTER_S, size_metric=PRESENCE_BATCH)
         self._closes: GroupCommit[schemas.SessionClose, None] = GroupCommit(
             self._close_batch, name="session_close", max_batch=SESSION_BATCH_MAX,
-            max_inflight=SESSION_BATCHES_INFLIGHT, spare_after_s=BATCH_SPARE_AFTER_S, size_metric=PRESENCE_BATCH)
+            max_inflight=BATCHES_INFLIGHT, spare_after_s=BATCH_SPARE_AFTER_S, size_metric=PRESENCE_BATCH)
 
     async def _open_batch(self, batch: list[schemas.SessionOpen]) -> list[schemas.SessionOpenReply]:
         # Requests (and their replies of presences) stay well under NATS' 1 MB payload limit.

@@ -44,11 +44,12 @@ DisconnectHook = Callable[[Session, bool], Awaitable[None]]
 # Runs during connect once the user is known; raises a ChatError (e.g. Banned) to refuse.
 ConnectCheck = Callable[[schemas.UserRef, str], Awaitable[None]]
 READY_BATCH_MAX = 64  # users in one `ready` request to messaging
-READY_BATCHES_INFLIGHT = 2  # one, and a spare; further connects' `ready` waits for the next batch
 SYNC_BATCH_MAX = 64  # calls in one `sync` request to messaging
-SYNC_BATCHES_INFLIGHT = 2  # one, and a spare
-# The second batch in flight is a spare: it starts only once the batch before it has run this
-# long (a paused replica, a lost request), so a burst goes in as few batches as one slot allows.
+# Every batcher of the gateway (`ready`, `sync`, presence opens and closes) keeps one batch in
+# flight, and a spare: the second starts only once the batch before it has run
+# BATCH_SPARE_AFTER_S (a paused replica, a lost request), so a burst goes in as few batches as
+# one slot allows. What arrives meanwhile waits for the next batch.
+BATCHES_INFLIGHT = 2
 BATCH_SPARE_AFTER_S = 0.1
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,11 +124,11 @@ class SocketGateway:
         # A connect burst asks messaging for `ready` one request (and one statement) per
         # batch of users instead of one per user; alone, a connect is sent at once.
         self._readies: GroupCommit[schemas.UserRef, schemas.ReadyReply] = GroupCommit(
-            self._ready_batch, name="ready", max_batch=READY_BATCH_MAX, max_inflight=READY_BATCHES_INFLIGHT,
+            self._ready_batch, name="ready", max_batch=READY_BATCH_MAX, max_inflight=BATCHES_INFLIGHT,
             spare_after_s=BATCH_SPARE_AFTER_S)
         # The same for `sync`: a reconnect storm's clients all ask for what they missed.
         self._syncs: GroupCommit[schemas.SyncRequest, dict[str, Any]] = GroupCommit(
-            self._sync_batch, name="sync", max_batch=SYNC_BATCH_MAX, max_inflight=SYNC_BATCHES_INFLIGHT,
+            self._sync_batch, name="sync", max_batch=SYNC_BATCH_MAX, max_inflight=BATCHES_INFLIGHT,
             spare_after_s=BATCH_SPARE_AFTER_S)
         self.events: dict[str, EventSpec] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
