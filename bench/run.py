@@ -501,12 +501,13 @@ def write_report(results: dict[str, Any], info: dict[str, str], sz: Sizes, quick
       "turns `fsync` off for speed; the benchmarks do not.)")
     w("- **Node Socket.IO 4** — `bench/peers/node_server.mjs`: `socket.io` + `@socket.io/redis-adapter`; "
       "`send` broadcasts to a room, nothing stored, nothing checked.")
-    w("- What the peers broadcast is a chat message event of the shape and size of this project's "
+    w("- **plain python-socketio** — `bench/peers/py_server.py`: `AsyncServer` + `AsyncRedisManager` on aiohttp "
+      "(uvloop, as the gateway), same events. The ceiling of the framework this project builds on.")
+    w("")
+    w("What the peers broadcast is a chat message event of the shape and size of this project's "
       "`message:created` (PROTOCOL.md's message object, with an author, nonce and timestamp of similar "
       "lengths), with the room and counter they route by in place of its `channel_id`: every stack delivers "
       "frames of the same size (about 340 bytes) to each member.")
-    w("- **plain python-socketio** — `bench/peers/py_server.py`: `AsyncServer` + `AsyncRedisManager` on aiohttp "
-      "(uvloop, as the gateway), same events. The ceiling of the framework this project builds on.")
     w("")
     w("Load generator: one Node process with `socket.io-client` (`bench/node/loadgen.mjs`), WebSocket transport. "
       "Sender and receivers are in that process, so send→deliver latency is measured on one clock "
