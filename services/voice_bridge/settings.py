@@ -8,6 +8,8 @@ from libs.config.common import CommonSettings
 from libs.config.settings import setting
 
 DEV_LIVEKIT_SECRET = "secret"
+# livekit-server refuses shorter secrets outside its dev mode: an HS256 key needs 256 bits.
+LIVEKIT_SECRET_MIN_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,17 @@ class VoiceBridgeSettings(CommonSettings):
     voice_redis_timeout_s: float = setting(1.0, "Timeout of one Redis call of the voice state store")
 
     @property
-    def uses_dev_livekit_secret(self) -> bool:
-        """The dev default outside dev mode: webhooks could be forged by anyone."""
-        return not self.dev_mode and self.livekit_api_secret == DEV_LIVEKIT_SECRET
+    def livekit_secret_problem(self) -> str | None:
+        """Why the LiveKit secret is unfit outside dev mode, or None: the dev default lets anyone forge a
+        webhook, and a LiveKit server outside its own dev mode does not accept a shorter secret."""
+        if self.dev_mode:
+            return None
+        if self.livekit_api_secret == DEV_LIVEKIT_SECRET:
+            return "is the dev default outside dev mode: set the LiveKit secret"
+        if len(self.livekit_api_secret) < LIVEKIT_SECRET_MIN_CHARS:
+            return (f"has {len(self.livekit_api_secret)} characters: LiveKit outside its dev mode needs at "
+                    f"least {LIVEKIT_SECRET_MIN_CHARS}")
+        return None
 
     def validate(self) -> list[str]:
         problems = super().validate()

@@ -409,6 +409,8 @@ def test_deployment(name: str) -> None:
     assert "CHAT_ADMIN_TOKEN" in secret_refs
     if module == "messaging":
         assert "CHAT_DATABASE_URL" in secret_refs
+    if module == "voice_bridge":
+        assert {"CHAT_LIVEKIT_API_KEY", "CHAT_LIVEKIT_API_SECRET"} <= set(secret_refs)
     if public:
         assert int(env["CHAT_PORT"]["value"]) == public
 
@@ -422,6 +424,7 @@ def test_configmap() -> None:
         "CHAT_LOG_FORMAT",
         "CHAT_DRAIN_GRACE_S",
         "CHAT_JWT_JWKS_URL",
+        "CHAT_LIVEKIT_URL",
     ):
         assert data.get(key), key
     # Secrets and per-process values are not shared configuration.
@@ -429,6 +432,8 @@ def test_configmap() -> None:
         "CHAT_ADMIN_TOKEN",
         "CHAT_JWT_SECRET",
         "CHAT_DATABASE_URL",
+        "CHAT_LIVEKIT_API_KEY",
+        "CHAT_LIVEKIT_API_SECRET",
         "CHAT_NODE_ID",
         "CHAT_OPS_PORT",
         "CHAT_PORT",
@@ -467,17 +472,22 @@ def test_network_policies() -> None:
     selector, rule = from_anywhere[0]
     assert selector == {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
     assert [p["port"] for p in rule["ports"]] == [8080]
-    monitoring = [
-        rule
-        for p in policies
-        for rule in p["spec"].get("ingress", [])
-        if any(f.get("namespaceSelector") for f in rule.get("from", []))
-    ]
-    assert len(monitoring) == 1
-    assert monitoring[0]["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-    ]
-    assert {p["port"] for p in monitoring[0]["ports"]} == {ops for _, ops, _ in SERVICES.values()}
+    # Other namespaces reach ops ports only: monitoring all of them, LiveKit the voice bridge's webhook.
+    from_namespace: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            for f in rule.get("from", []):
+                if "namespaceSelector" in f:
+                    assert rule["from"] == [f]
+                    ns = f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    from_namespace[ns] = (p["spec"]["podSelector"], rule)
+    assert set(from_namespace) == {"monitoring", "livekit"}
+    selector, rule = from_namespace["monitoring"]
+    assert selector == {"matchLabels": {"app.kubernetes.io/part-of": "chat"}}
+    assert {p["port"] for p in rule["ports"]} == {ops for _, ops, _ in SERVICES.values()}
+    selector, rule = from_namespace["livekit"]
+    assert selector == {"matchLabels": {"app.kubernetes.io/name": "voice-bridge"}}
+    assert [p["port"] for p in rule["ports"]] == [SERVICES["voice-bridge"][1]]
 
 
 # --- Operator CRDs (no schema in kubernetes-validate: checked here) ------------------

@@ -276,8 +276,9 @@ async def _black_hole() -> tuple[asyncio.AbstractServer, int, list[int]]:
 
 async def test_livekit_outage_never_fails_leave(http, own_stack):
     hole, port, accepted = await _black_hole()
+    secret = "configured-secret-0123456789abcdef"
     stack = own_stack(gateways=1, CHAT_LIVEKIT_URL=f"ws://127.0.0.1:{port}", CHAT_LIVEKIT_TIMEOUT_S="0.5",
-                      CHAT_LIVEKIT_API_KEY="prodkey", CHAT_LIVEKIT_API_SECRET="configured-secret-0123456789")
+                      CHAT_LIVEKIT_API_KEY="prodkey", CHAT_LIVEKIT_API_SECRET=secret)
     try:
         (g1,) = stack.gateways
         alice = await ChatClient(http, g1, uid("alice")).login()
@@ -290,7 +291,7 @@ async def test_livekit_outage_never_fails_leave(http, own_stack):
             ack = await a.call("voice:join", {"channel_id": lounge})
             assert ack["ok"], ack
             if i == 0:
-                claims = jwt.decode(ack["livekit"]["token"], "configured-secret-0123456789", algorithms=["HS256"],
+                claims = jwt.decode(ack["livekit"]["token"], secret, algorithms=["HS256"],
                                     issuer="prodkey")
                 assert claims["sub"] == alice.user_id
             started = time.monotonic()

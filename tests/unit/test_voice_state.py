@@ -135,11 +135,13 @@ def test_webhook_verification():
         _livekit().receive_webhook(body, unsigned)
 
 
-def test_settings_flag_the_dev_secret_outside_dev_mode():
+def test_settings_flag_a_weak_secret_outside_dev_mode():
     dev = load(VoiceBridgeSettings, {"CHAT_DEV_MODE": "1"})
-    assert dev.livekit_api_secret == "secret" and not dev.uses_dev_livekit_secret
-    assert load(VoiceBridgeSettings, {}).uses_dev_livekit_secret
-    assert not load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "real"}).uses_dev_livekit_secret
+    assert dev.livekit_api_secret == "secret" and dev.livekit_secret_problem is None
+    assert "dev default" in (load(VoiceBridgeSettings, {}).livekit_secret_problem or "")
+    short = load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 31}).livekit_secret_problem
+    assert short is not None and "31 characters" in short
+    assert load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 32}).livekit_secret_problem is None
     s = load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "real", "CHAT_VOICE_STATE_TTL_S": "120"})
     assert s.voice_state_ttl_s == 120
     with pytest.raises(ConfigError):
