@@ -20,6 +20,9 @@ from libs.bus import schemas, subjects
 from libs.testing.client import ChatClient, Recorder, guild_with_members, uid
 from libs.testing.fixtures import Stack
 
+# These tests sign with LiveKit's dev-mode secret ("secret"), shorter than PyJWT recommends for HS256.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
 DEV_KEY = "devkey"
 DEV_SECRET = "secret"  # CHAT_LIVEKIT_API_SECRET's default (dev mode)
 

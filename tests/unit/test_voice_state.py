@@ -21,6 +21,9 @@ from services.voice_bridge.domain import voice_state as rules
 from services.voice_bridge.domain.voice_state import VoiceRecord
 from services.voice_bridge.settings import VoiceBridgeSettings
 
+# These tests sign with LiveKit's dev-mode secret ("secret"), shorter than PyJWT recommends for HS256.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
 
 def rec(channel: str = "10", session: str = "s1", node: str = "gw-1", **kw: object) -> VoiceRecord:
     return VoiceRecord(user_id="alice", name="Alice", channel_id=channel, guild_id="1", session_id=session,
