@@ -42,6 +42,10 @@ class CommonSettings:
     gc_thresholds: str = setting("50000,10,10", "Cyclic garbage collector thresholds: gen0 allocations, gen1 and gen2 collection counts (python's default: 700,10,10)")
     admin_token: str = setting("", "Bearer token of the admin ops endpoints", secret=True)
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but unfit for production; logged at start and by ``--check-config``."""
+        return []
+
     def validate(self) -> list[str]:
         problems = []
         if self.log_format not in ("json", "text"):

@@ -115,4 +115,11 @@ def check_config(cls: type, env: Mapping[str, str]) -> tuple[bool, str]:
     )
     for k in unknown:
         lines.append(f"# note: {k} is not a setting of this process")
+    lines.extend(f"# warning: {w}" for w in settings_warnings(obj))
     return True, "\n".join(lines)
+
+
+def settings_warnings(obj: Any) -> list[str]:
+    """What ``obj.warnings()`` reports (settings that are valid but unfit for production), if it has it."""
+    warnings = getattr(obj, "warnings", None)
+    return list(warnings()) if warnings is not None else []

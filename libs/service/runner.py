@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from libs.bus.client import Bus
 from libs.config.common import CommonSettings, parse_thresholds
-from libs.config.settings import ConfigError, check_config, load
+from libs.config.settings import ConfigError, check_config, load, settings_warnings
 from libs.observability import gc_tuning, loop_lag, metrics
 from libs.observability.logging import setup_logging
 from libs.observability.tracing import setup_tracing, shutdown_tracing
@@ -147,6 +147,8 @@ def run(service: str, settings_cls: type[S],
         return 2
     node_id = settings.node_id or default_node_id(service)
     setup_logging(service, node_id, settings.log_format, settings.log_level)
+    for warning in settings_warnings(settings):
+        log.warning("config: %s", warning)
     setup_tracing(service, node_id, settings.otlp_endpoint, sample_ratio=settings.trace_sample_ratio)
     gc_tuning.configure(parse_thresholds(settings.gc_thresholds))
     try:

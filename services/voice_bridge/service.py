@@ -27,8 +27,6 @@ SAMPLE_INTERVAL_S = 15.0
 
 async def build(ctx: ProcessContext, stack: AsyncExitStack) -> None:
     s: VoiceBridgeSettings = ctx.settings
-    if problem := s.livekit_secret_problem:
-        log.warning("CHAT_LIVEKIT_API_SECRET %s", problem)
     store = VoiceStateStore(s.redis_url, ttl_s=s.voice_state_ttl_s, timeout_s=s.voice_redis_timeout_s,
                             breaker=ctx.breaker("redis"))
     stack.push_async_callback(store.close)

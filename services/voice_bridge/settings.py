@@ -24,18 +24,18 @@ class VoiceBridgeSettings(CommonSettings):
     voice_state_ttl_s: int = setting(3600, "TTL of a voice state in Redis; refreshed while its session lives")
     voice_redis_timeout_s: float = setting(1.0, "Timeout of one Redis call of the voice state store")
 
-    @property
-    def livekit_secret_problem(self) -> str | None:
-        """Why the LiveKit secret is unfit outside dev mode, or None: the dev default lets anyone forge a
-        webhook, and a LiveKit server outside its own dev mode does not accept a shorter secret."""
+    def warnings(self) -> list[str]:
+        """Outside dev mode: the dev default lets anyone forge a webhook, and a LiveKit server outside its
+        own dev mode does not accept a shorter secret."""
+        warnings = super().warnings()
         if self.dev_mode:
-            return None
+            return warnings
         if self.livekit_api_secret == DEV_LIVEKIT_SECRET:
-            return "is the dev default outside dev mode: set the LiveKit secret"
-        if len(self.livekit_api_secret) < LIVEKIT_SECRET_MIN_CHARS:
-            return (f"has {len(self.livekit_api_secret)} characters: LiveKit outside its dev mode needs at "
-                    f"least {LIVEKIT_SECRET_MIN_CHARS}")
-        return None
+            warnings.append("CHAT_LIVEKIT_API_SECRET: the dev default outside dev mode; set the LiveKit secret")
+        elif len(self.livekit_api_secret) < LIVEKIT_SECRET_MIN_CHARS:
+            warnings.append(f"CHAT_LIVEKIT_API_SECRET: {len(self.livekit_api_secret)} characters; LiveKit outside "
+                            f"its dev mode needs at least {LIVEKIT_SECRET_MIN_CHARS}")
+        return warnings
 
     def validate(self) -> list[str]:
         problems = super().validate()

@@ -480,6 +480,7 @@ def test_network_policies() -> None:
                 if "namespaceSelector" in f:
                     assert rule["from"] == [f]
                     ns = f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    assert ns not in from_namespace, ns
                     from_namespace[ns] = (p["spec"]["podSelector"], rule)
     assert set(from_namespace) == {"monitoring", "livekit"}
     selector, rule = from_namespace["monitoring"]

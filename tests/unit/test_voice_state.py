@@ -13,7 +13,7 @@ import pytest
 from livekit import api as lk
 
 from libs.bus import schemas
-from libs.config.settings import ConfigError, load
+from libs.config.settings import ConfigError, check_config, load
 from libs.errors import Conflict, Invalid
 from libs.resilience.breaker import CircuitBreaker
 from services.voice_bridge.adapters.livekit import InvalidWebhook, LiveKit
@@ -138,13 +138,18 @@ def test_webhook_verification():
         _livekit().receive_webhook(body, unsigned)
 
 
-def test_settings_flag_a_weak_secret_outside_dev_mode():
+def test_settings_warn_of_a_weak_secret_outside_dev_mode():
     dev = load(VoiceBridgeSettings, {"CHAT_DEV_MODE": "1"})
-    assert dev.livekit_api_secret == "secret" and dev.livekit_secret_problem is None
-    assert "dev default" in (load(VoiceBridgeSettings, {}).livekit_secret_problem or "")
-    short = load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 31}).livekit_secret_problem
-    assert short is not None and "31 characters" in short
-    assert load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 32}).livekit_secret_problem is None
+    assert dev.livekit_api_secret == "secret" and dev.warnings() == []
+    (default,) = load(VoiceBridgeSettings, {}).warnings()
+    assert default.startswith("CHAT_LIVEKIT_API_SECRET: the dev default")
+    (short,) = load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 31}).warnings()
+    assert "31 characters" in short
+    assert load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 32}).warnings() == []
+    ok, text = check_config(VoiceBridgeSettings, {})
+    assert ok and f"# warning: {default}" in text.splitlines()
+    ok, text = check_config(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "x" * 32})
+    assert ok and "# warning:" not in text
     s = load(VoiceBridgeSettings, {"CHAT_LIVEKIT_API_SECRET": "real", "CHAT_VOICE_STATE_TTL_S": "120"})
     assert s.voice_state_ttl_s == 120
     with pytest.raises(ConfigError):
